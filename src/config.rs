@@ -1,0 +1,461 @@
+//! Worker configuration: defaults, and parsing from environment variables.
+//!
+//! Parsing takes a lookup function (`Fn(&str) -> Option<String>`), so tests hand in a map
+//! and never touch the process environment.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::protection::ProtectionConfig;
+
+/// SQS's ceiling for a visibility timeout, and for the time a message may stay in flight
+/// since it was received: 12 hours.
+pub(crate) const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
+
+/// An invalid or missing configuration value.
+///
+/// The message names the variable, the value it had, and the values it accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    variable: &'static str,
+    value: Option<String>,
+    expected: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(variable: &'static str, value: Option<&str>, expected: impl Into<String>) -> Self {
+        Self { variable, value: value.map(str::to_owned), expected: expected.into() }
+    }
+
+    /// The environment variable at fault.
+    pub fn variable(&self) -> &'static str {
+        self.variable
+    }
+
+    /// What the variable accepts.
+    pub fn expected(&self) -> &str {
+        &self.expected
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(value) => write!(f, "{}={value:?} is invalid: expected {}", self.variable, self.expected),
+            None => write!(f, "{} is not set: expected {}", self.variable, self.expected),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How log lines are written by [`init_logging`](crate::init_logging).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for CloudWatch Logs Insights and similar.
+    Json,
+}
+
+/// Everything a worker can be configured with.
+///
+/// Start from [`Config::default`] or [`Config::from_env`], then change fields as needed.
+/// Every field has an environment variable; the README lists them all.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// `HOLDFAST_QUEUE_URL`, else Copilot's `COPILOT_QUEUE_URI`: an SQS queue URL, or
+    /// `memory://NAME` for the embedded in-memory queue.
+    pub queue_url: Option<String>,
+    /// `HOLDFAST_CONCURRENCY`: handlers running at once (default 10).
+    pub concurrency: usize,
+    /// `HOLDFAST_WAIT_TIME`: long-poll wait per receive, 0 to 20 s (default 20 s).
+    pub wait_time: Duration,
+    /// `HOLDFAST_VISIBILITY_TIMEOUT`: how long a received message stays invisible, and how far
+    /// each heartbeat pushes it out (default 30 s).
+    pub visibility_timeout: Duration,
+    /// `HOLDFAST_HEARTBEAT_INTERVAL`: how often the heartbeat looks for leases to extend;
+    /// a lease is extended once less than half the visibility timeout is left
+    /// (default: a sixth of the visibility timeout).
+    pub heartbeat_interval: Duration,
+    /// `HOLDFAST_HANDLER_TIMEOUT`: longest a handler may run before it is cancelled and the
+    /// message retried (default: none).
+    pub handler_timeout: Option<Duration>,
+    /// `HOLDFAST_DRAIN_TIMEOUT`: after a shutdown signal, how long running handlers may finish
+    /// (default 25 s, under ECS's default 30 s stop timeout).
+    pub drain_timeout: Duration,
+    /// `HOLDFAST_BACKOFF_MIN`: visibility after a first failed attempt (default 2 s).
+    pub backoff_min: Duration,
+    /// `HOLDFAST_BACKOFF_MAX`: the cap on the failure backoff (default 5 min).
+    pub backoff_max: Duration,
+    /// `HOLDFAST_ACK_INTERVAL`: longest a delete waits to be batched (default 100 ms).
+    pub ack_interval: Duration,
+    /// `HOLDFAST_ACK_CONCURRENCY`: batch acknowledgement requests in flight at once (default 4).
+    pub ack_concurrency: usize,
+    /// `HOLDFAST_LOG_FORMAT`: `text` or `json` (default text).
+    pub log_format: LogFormat,
+    /// ECS task scale-in protection settings (`HOLDFAST_PROTECTION*`).
+    pub protection: ProtectionConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let visibility_timeout = Duration::from_secs(30);
+        Self {
+            queue_url: None,
+            concurrency: 10,
+            wait_time: Duration::from_secs(20),
+            visibility_timeout,
+            heartbeat_interval: default_heartbeat(visibility_timeout),
+            handler_timeout: None,
+            drain_timeout: Duration::from_secs(25),
+            backoff_min: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(300),
+            ack_interval: Duration::from_millis(100),
+            ack_concurrency: 4,
+            log_format: LogFormat::Text,
+            protection: ProtectionConfig::default(),
+        }
+    }
+}
+
+fn default_heartbeat(visibility: Duration) -> Duration {
+    (visibility / 6).max(Duration::from_millis(100))
+}
+
+/// The environment variables the worker reads, in the order the README lists them.
+pub const VARIABLES: &[&str] = &[
+    "HOLDFAST_QUEUE_URL",
+    "COPILOT_QUEUE_URI",
+    "HOLDFAST_CONCURRENCY",
+    "HOLDFAST_WAIT_TIME",
+    "HOLDFAST_VISIBILITY_TIMEOUT",
+    "HOLDFAST_HEARTBEAT_INTERVAL",
+    "HOLDFAST_HANDLER_TIMEOUT",
+    "HOLDFAST_DRAIN_TIMEOUT",
+    "HOLDFAST_BACKOFF_MIN",
+    "HOLDFAST_BACKOFF_MAX",
+    "HOLDFAST_ACK_INTERVAL",
+    "HOLDFAST_ACK_CONCURRENCY",
+    "HOLDFAST_LOG_FORMAT",
+];
+
+const DURATION_FORMS: &str = "a duration such as 30, 30s, 500ms, 5m or 1h (a bare number is seconds)";
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first variable that is missing or invalid, with the
+    /// values it accepts.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup`, which returns a variable's value or `None`.
+    ///
+    /// Empty values count as unset. The queue URL is required.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first variable that is missing or invalid, with the
+    /// values it accepts.
+    pub fn from_lookup<F>(lookup: F) -> Result<Self, ConfigError>
+    where
+        F: Fn(&str) -> Option<String>,
+    {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let mut config = Config::default();
+
+        let (variable, url) = match get("HOLDFAST_QUEUE_URL") {
+            Some(url) => ("HOLDFAST_QUEUE_URL", url),
+            None => match get("COPILOT_QUEUE_URI") {
+                Some(url) => ("COPILOT_QUEUE_URI", url),
+                None => {
+                    return Err(ConfigError::new(
+                        "HOLDFAST_QUEUE_URL",
+                        None,
+                        format!("{QUEUE_URL_FORMS} (COPILOT_QUEUE_URI is read when it is unset)"),
+                    ));
+                }
+            },
+        };
+        config.queue_url = Some(parse_queue_url(variable, url.trim())?);
+
+        if let Some(v) = get("HOLDFAST_CONCURRENCY") {
+            config.concurrency = parse_int("HOLDFAST_CONCURRENCY", &v, 1, 10_000)?;
+        }
+        if let Some(v) = get("HOLDFAST_WAIT_TIME") {
+            config.wait_time = parse_duration("HOLDFAST_WAIT_TIME", &v, Duration::ZERO, Duration::from_secs(20), true)?;
+        }
+        if let Some(v) = get("HOLDFAST_VISIBILITY_TIMEOUT") {
+            config.visibility_timeout =
+                parse_duration("HOLDFAST_VISIBILITY_TIMEOUT", &v, Duration::from_secs(1), MAX_VISIBILITY, true)?;
+        }
+        config.heartbeat_interval = match get("HOLDFAST_HEARTBEAT_INTERVAL") {
+            Some(v) => parse_duration(
+                "HOLDFAST_HEARTBEAT_INTERVAL",
+                &v,
+                Duration::from_millis(100),
+                config.visibility_timeout / 3,
+                false,
+            )
+            .map_err(|e| ConfigError {
+                expected: format!("{} (a third of HOLDFAST_VISIBILITY_TIMEOUT at most)", e.expected),
+                ..e
+            })?,
+            None => default_heartbeat(config.visibility_timeout),
+        };
+        if let Some(v) = get("HOLDFAST_HANDLER_TIMEOUT") {
+            config.handler_timeout = match v.trim() {
+                "off" | "none" => None,
+                _ => Some(
+                    parse_duration("HOLDFAST_HANDLER_TIMEOUT", &v, Duration::from_millis(1), MAX_VISIBILITY, false)
+                        .map_err(|e| ConfigError { expected: format!("{}, or off", e.expected), ..e })?,
+                ),
+            };
+        }
+        if let Some(v) = get("HOLDFAST_DRAIN_TIMEOUT") {
+            config.drain_timeout = parse_duration("HOLDFAST_DRAIN_TIMEOUT", &v, Duration::ZERO, MAX_VISIBILITY, true)?;
+        }
+        if let Some(v) = get("HOLDFAST_BACKOFF_MIN") {
+            config.backoff_min = parse_duration("HOLDFAST_BACKOFF_MIN", &v, Duration::ZERO, MAX_VISIBILITY, true)?;
+        }
+        if let Some(v) = get("HOLDFAST_BACKOFF_MAX") {
+            config.backoff_max =
+                parse_duration("HOLDFAST_BACKOFF_MAX", &v, config.backoff_min, MAX_VISIBILITY, true).map_err(|e| {
+                    ConfigError { expected: format!("{} (not less than HOLDFAST_BACKOFF_MIN)", e.expected), ..e }
+                })?;
+        } else if config.backoff_max < config.backoff_min {
+            config.backoff_max = config.backoff_min;
+        }
+        if let Some(v) = get("HOLDFAST_ACK_INTERVAL") {
+            config.ack_interval =
+                parse_duration("HOLDFAST_ACK_INTERVAL", &v, Duration::ZERO, Duration::from_secs(10), false)?;
+        }
+        if let Some(v) = get("HOLDFAST_ACK_CONCURRENCY") {
+            config.ack_concurrency = parse_int("HOLDFAST_ACK_CONCURRENCY", &v, 1, 64)?;
+        }
+        if let Some(v) = get("HOLDFAST_LOG_FORMAT") {
+            config.log_format = match v.trim().to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => return Err(ConfigError::new("HOLDFAST_LOG_FORMAT", Some(&v), "text or json")),
+            };
+        }
+        config.protection = ProtectionConfig::from_lookup(&get)?;
+        Ok(config)
+    }
+}
+
+const QUEUE_URL_FORMS: &str = "an SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/QUEUE, or http(s)://HOST[:PORT]/ACCOUNT/QUEUE for an SQS-compatible server) or memory://NAME for the embedded in-memory queue";
+
+fn parse_queue_url(variable: &'static str, url: &str) -> Result<String, ConfigError> {
+    let valid = if let Some(name) = url.strip_prefix("memory://") {
+        !name.is_empty() && !name.contains('/')
+    } else if let Some(rest) = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")) {
+        // host, then at least one path segment naming the queue
+        matches!(rest.split_once('/'), Some((host, path)) if !host.is_empty() && !path.trim_matches('/').is_empty())
+    } else {
+        false
+    };
+    if valid { Ok(url.to_owned()) } else { Err(ConfigError::new(variable, Some(url), QUEUE_URL_FORMS)) }
+}
+
+/// Parses a whole number within `min..=max`.
+pub(crate) fn parse_int<T>(variable: &'static str, value: &str, min: T, max: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+{
+    match value.trim().parse::<T>() {
+        Ok(n) if n >= min && n <= max => Ok(n),
+        _ => Err(ConfigError::new(variable, Some(value), format!("a whole number from {min} to {max}"))),
+    }
+}
+
+/// Parses a duration within `min..=max`. With `whole_seconds`, sub-second values are refused
+/// (SQS takes whole seconds).
+pub(crate) fn parse_duration(
+    variable: &'static str,
+    value: &str,
+    min: Duration,
+    max: Duration,
+    whole_seconds: bool,
+) -> Result<Duration, ConfigError> {
+    let expected = || {
+        let unit = if whole_seconds { " in whole seconds" } else { "" };
+        format!("{DURATION_FORMS}{unit}, from {} to {}", human(min), human(max))
+    };
+    let parsed =
+        parse_duration_text(value.trim()).ok_or_else(|| ConfigError::new(variable, Some(value), expected()))?;
+    if parsed < min || parsed > max || (whole_seconds && parsed.subsec_nanos() != 0) {
+        return Err(ConfigError::new(variable, Some(value), expected()));
+    }
+    Ok(parsed)
+}
+
+fn parse_duration_text(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let millis = match unit.trim() {
+        "" | "s" => n.checked_mul(1_000)?,
+        "ms" => n,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(millis))
+}
+
+/// Formats a duration the way the parser reads it.
+pub(crate) fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        "0s".into()
+    } else if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1_000 == 0 {
+        format!("{}s", ms / 1_000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    const URL: (&str, &str) = ("HOLDFAST_QUEUE_URL", "https://sqs.eu-west-1.amazonaws.com/123456789012/jobs");
+
+    #[test]
+    fn defaults_apply_when_only_the_queue_is_set() {
+        let c = parse(&[URL]).unwrap();
+        assert_eq!(c.queue_url.as_deref(), Some(URL.1));
+        assert_eq!(c.concurrency, 10);
+        assert_eq!(c.wait_time, Duration::from_secs(20));
+        assert_eq!(c.visibility_timeout, Duration::from_secs(30));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(c.drain_timeout, Duration::from_secs(25));
+        assert_eq!(c.handler_timeout, None);
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn copilot_queue_uri_is_the_fallback() {
+        let c = parse(&[("COPILOT_QUEUE_URI", "https://sqs.us-east-1.amazonaws.com/1/q")]).unwrap();
+        assert_eq!(c.queue_url.as_deref(), Some("https://sqs.us-east-1.amazonaws.com/1/q"));
+        let c = parse(&[("COPILOT_QUEUE_URI", "https://sqs.us-east-1.amazonaws.com/1/q"), URL]).unwrap();
+        assert_eq!(c.queue_url.as_deref(), Some(URL.1), "HOLDFAST_QUEUE_URL wins");
+    }
+
+    #[test]
+    fn a_missing_queue_url_names_both_variables() {
+        let e = parse(&[]).unwrap_err();
+        assert_eq!(e.variable(), "HOLDFAST_QUEUE_URL");
+        let text = e.to_string();
+        assert!(text.contains("not set") && text.contains("COPILOT_QUEUE_URI") && text.contains("memory://"), "{text}");
+    }
+
+    #[test]
+    fn full_configuration_parses() {
+        let c = parse(&[
+            ("HOLDFAST_QUEUE_URL", "memory://jobs"),
+            ("HOLDFAST_CONCURRENCY", "64"),
+            ("HOLDFAST_WAIT_TIME", "0"),
+            ("HOLDFAST_VISIBILITY_TIMEOUT", "2m"),
+            ("HOLDFAST_HEARTBEAT_INTERVAL", "10s"),
+            ("HOLDFAST_HANDLER_TIMEOUT", "1h"),
+            ("HOLDFAST_DRAIN_TIMEOUT", "100"),
+            ("HOLDFAST_BACKOFF_MIN", "1s"),
+            ("HOLDFAST_BACKOFF_MAX", "20m"),
+            ("HOLDFAST_ACK_INTERVAL", "50ms"),
+            ("HOLDFAST_ACK_CONCURRENCY", "1"),
+            ("HOLDFAST_LOG_FORMAT", "JSON"),
+        ])
+        .unwrap();
+        assert_eq!(c.queue_url.as_deref(), Some("memory://jobs"));
+        assert_eq!(c.concurrency, 64);
+        assert_eq!(c.wait_time, Duration::ZERO);
+        assert_eq!(c.visibility_timeout, Duration::from_secs(120));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(c.handler_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(c.drain_timeout, Duration::from_secs(100));
+        assert_eq!(c.backoff_min, Duration::from_secs(1));
+        assert_eq!(c.backoff_max, Duration::from_secs(1200));
+        assert_eq!(c.ack_interval, Duration::from_millis(50));
+        assert_eq!(c.ack_concurrency, 1);
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    /// Every variable, with a bad value, stops start-up with an error that names it and
+    /// says what it accepts.
+    #[test]
+    fn every_bad_value_names_its_variable_and_the_accepted_values() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("HOLDFAST_QUEUE_URL", "sqs://nope", "memory://NAME"),
+            ("HOLDFAST_QUEUE_URL", "memory://", "memory://NAME"),
+            ("HOLDFAST_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/", "SQS queue URL"),
+            ("HOLDFAST_CONCURRENCY", "0", "whole number from 1 to 10000"),
+            ("HOLDFAST_CONCURRENCY", "ten", "whole number from 1 to 10000"),
+            ("HOLDFAST_WAIT_TIME", "21", "from 0s to 20s"),
+            ("HOLDFAST_WAIT_TIME", "500ms", "whole seconds"),
+            ("HOLDFAST_VISIBILITY_TIMEOUT", "13h", "from 1s to 12h"),
+            ("HOLDFAST_VISIBILITY_TIMEOUT", "soon", "duration"),
+            ("HOLDFAST_HEARTBEAT_INTERVAL", "20s", "a third of HOLDFAST_VISIBILITY_TIMEOUT"),
+            ("HOLDFAST_HANDLER_TIMEOUT", "forever", "or off"),
+            ("HOLDFAST_DRAIN_TIMEOUT", "-1", "duration"),
+            ("HOLDFAST_BACKOFF_MIN", "1.5s", "duration"),
+            ("HOLDFAST_BACKOFF_MAX", "13h", "not less than HOLDFAST_BACKOFF_MIN"),
+            ("HOLDFAST_ACK_INTERVAL", "1m", "from 0s to 10s"),
+            ("HOLDFAST_ACK_CONCURRENCY", "100", "whole number from 1 to 64"),
+            ("HOLDFAST_LOG_FORMAT", "xml", "text or json"),
+        ];
+        for (variable, value, hint) in cases {
+            let mut pairs = vec![URL];
+            if *variable == "HOLDFAST_QUEUE_URL" {
+                pairs.clear();
+            }
+            pairs.push((variable, value));
+            let err = parse(&pairs).expect_err(&format!("{variable}={value} must be refused"));
+            assert_eq!(err.variable(), *variable, "{err}");
+            let text = err.to_string();
+            assert!(text.starts_with(&format!("{variable}=\"{value}\" is invalid: expected")), "{text}");
+            assert!(text.contains(hint), "{variable}: {text:?} should mention {hint:?}");
+        }
+        // every variable in the public list is exercised above, except the Copilot alias
+        for variable in VARIABLES.iter().filter(|v| **v != "COPILOT_QUEUE_URI") {
+            assert!(cases.iter().any(|(v, _, _)| v == variable), "{variable} has no bad-value case");
+        }
+    }
+
+    #[test]
+    fn handler_timeout_can_be_switched_off() {
+        let c = parse(&[URL, ("HOLDFAST_HANDLER_TIMEOUT", "off")]).unwrap();
+        assert_eq!(c.handler_timeout, None);
+    }
+
+    #[test]
+    fn durations_read_their_units() {
+        assert_eq!(parse_duration_text("45"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration_text("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration_text("3m"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_duration_text("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration_text("2d"), None);
+        assert_eq!(parse_duration_text("s"), None);
+        assert_eq!(human(Duration::from_secs(43_200)), "12h");
+        assert_eq!(human(Duration::from_millis(1500)), "1500ms");
+    }
+}

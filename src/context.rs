@@ -1,0 +1,61 @@
+//! What a handler gets besides its message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::lease::LeaseHandle;
+
+/// The handler's view of the runtime for one message.
+///
+/// Cheap to clone. The token is cancelled when the handler should stop: the message's lease
+/// was lost (another consumer may receive it), the handler timeout passed, or the drain
+/// deadline passed during shutdown. Long handlers should watch it.
+#[derive(Clone, Debug)]
+pub struct Context {
+    token: CancellationToken,
+    lease: Option<Arc<LeaseHandle>>,
+}
+
+impl Context {
+    pub(crate) fn new(token: CancellationToken, lease: Arc<LeaseHandle>) -> Self {
+        Self { token, lease: Some(lease) }
+    }
+
+    /// A context bound to no queue, for unit tests of handlers: it is never cancelled unless
+    /// the test cancels [`token`](Self::token), and lease extensions do nothing.
+    pub fn detached() -> Self {
+        Self { token: CancellationToken::new(), lease: None }
+    }
+
+    /// The cancellation token for this message.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Resolves when the handler should stop.
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+
+    /// Whether the handler should stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Makes the message invisible for `visibility` from now, at once, and has the heartbeat
+    /// keep extending it by that much from then on. Useful when a handler knows a step will
+    /// take long. The time is capped so the message never stays in flight beyond SQS's
+    /// 12 hours since it was received.
+    ///
+    /// # Errors
+    ///
+    /// The queue refused the change (the lease is lost, or the 12-hour limit is reached).
+    pub async fn extend_visibility(&self, visibility: Duration) -> Result<(), crate::Error> {
+        match &self.lease {
+            Some(lease) => lease.extend(visibility).await,
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! The visibility heartbeat: one loop keeps every in-flight message invisible.
+//!
+//! Each handled message holds a lease: its receipt handle and when its visibility runs out.
+//! The loop wakes every heartbeat interval, takes the leases with less than half their
+//! period left, and extends them with `ChangeMessageVisibilityBatch`, ten per call. SQS
+//! refuses (rather than clamps) a visibility that would keep a message in flight more than
+//! 12 hours after it was received, so the last extension stops short of that; past it the
+//! lease is lost and the handler's token is cancelled.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::Message;
+use crate::config::MAX_VISIBILITY;
+use crate::queue::{BATCH_MAX, BatchEntry, Queue};
+
+/// Kept between the last extension and SQS's 12-hour limit: our clock starts when the
+/// response arrived, SQS's a little earlier.
+const CAP_MARGIN: Duration = Duration::from_secs(30);
+
+/// Heartbeat calls in flight at once.
+const HEARTBEAT_CONCURRENCY: usize = 4;
+
+#[derive(Debug)]
+struct Lease {
+    message_id: String,
+    receipt_handle: String,
+    received_at: Instant,
+    expires_at: Instant,
+    period: Duration,
+    token: CancellationToken,
+    lost: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    queue: Queue,
+    visibility: Duration,
+    interval: Duration,
+    leases: Mutex<HashMap<u64, Lease>>,
+    next_id: AtomicU64,
+}
+
+/// The registry of in-flight messages and its heartbeat loop.
+#[derive(Debug, Clone)]
+pub(crate) struct Leases {
+    shared: Arc<Shared>,
+}
+
+/// One message's lease; dropping it ends the lease (the message was acknowledged, retried
+/// or released).
+#[derive(Debug)]
+pub(crate) struct LeaseHandle {
+    shared: Arc<Shared>,
+    id: u64,
+    lost: Arc<AtomicBool>,
+}
+
+fn cap_left(received_at: Instant, now: Instant) -> Duration {
+    (received_at + MAX_VISIBILITY).saturating_duration_since(now).saturating_sub(CAP_MARGIN)
+}
+
+/// Whole seconds, as SQS takes them, never rounding past `limit`.
+fn whole_seconds(wanted: Duration, limit: Duration) -> Duration {
+    Duration::from_secs(wanted.min(limit).as_secs())
+}
+
+impl Leases {
+    pub(crate) fn new(queue: Queue, visibility: Duration, interval: Duration) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                queue,
+                visibility,
+                interval,
+                leases: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Registers a received message; `token` is cancelled if its lease is lost.
+    pub(crate) fn register(&self, message: &Message, token: CancellationToken) -> LeaseHandle {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let lost = Arc::new(AtomicBool::new(false));
+        let lease = Lease {
+            message_id: message.id.clone(),
+            receipt_handle: message.receipt_handle.clone(),
+            received_at: message.received_at,
+            expires_at: message.received_at + self.shared.visibility,
+            period: self.shared.visibility,
+            token,
+            lost: lost.clone(),
+        };
+        self.shared.leases.lock().expect("lease registry poisoned").insert(id, lease);
+        LeaseHandle { shared: self.shared.clone(), id, lost }
+    }
+
+    /// Leases held now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.shared.leases.lock().expect("lease registry poisoned").len()
+    }
+
+    /// The heartbeat loop; returns when `stop` is cancelled.
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.shared.interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                _ = self.beat() => {}
+            }
+        }
+    }
+
+    /// One pass: extend every lease with less than half its period left.
+    async fn beat(&self) {
+        let now = Instant::now();
+        let mut due: Vec<(u64, BatchEntry)> = Vec::new();
+        {
+            let mut leases = self.shared.leases.lock().expect("lease registry poisoned");
+            leases.retain(|&id, lease| {
+                if lease.expires_at <= now {
+                    lose(lease, "its visibility ran out before it could be extended");
+                    return false;
+                }
+                if lease.expires_at.saturating_duration_since(now) > lease.period / 2 {
+                    return true;
+                }
+                let left = cap_left(lease.received_at, now);
+                if left < Duration::from_secs(1) {
+                    // Nothing more can be asked for; the lease ends when the current
+                    // visibility does.
+                    return true;
+                }
+                let visibility = whole_seconds(lease.period, left);
+                due.push((
+                    id,
+                    BatchEntry { id: format!("l{id}"), receipt_handle: lease.receipt_handle.clone(), visibility },
+                ));
+                true
+            });
+        }
+        if due.is_empty() {
+            return;
+        }
+        let chunks: Vec<Vec<(u64, BatchEntry)>> = due.chunks(BATCH_MAX).map(<[_]>::to_vec).collect();
+        futures::stream::iter(chunks)
+            .map(|chunk| self.extend_chunk(chunk, now))
+            .buffer_unordered(HEARTBEAT_CONCURRENCY)
+            .collect::<()>()
+            .await;
+    }
+
+    async fn extend_chunk(&self, chunk: Vec<(u64, BatchEntry)>, sent_at: Instant) {
+        let entries: Vec<BatchEntry> = chunk.iter().map(|(_, e)| e.clone()).collect();
+        let failures = match self.shared.queue.change_visibility_batch(&entries).await {
+            Ok(failures) => failures,
+            Err(error) => {
+                // The leases keep their old expiry; the next beat tries again, and a lease
+                // that runs out meanwhile is reported lost.
+                tracing::warn!(%error, messages = entries.len(), "visibility heartbeat failed; will retry");
+                return;
+            }
+        };
+        let mut leases = self.shared.leases.lock().expect("lease registry poisoned");
+        for (id, entry) in chunk {
+            let Some(lease) = leases.get_mut(&id) else { continue };
+            match failures.iter().find(|f| f.id == entry.id) {
+                None => {
+                    lease.expires_at = sent_at + entry.visibility;
+                    tracing::debug!(message_id = %lease.message_id, visibility_s = entry.visibility.as_secs(), "lease extended");
+                }
+                Some(failure) if failure.sender_fault => {
+                    let reason = format!("SQS refused to extend it: {}: {}", failure.code, failure.message);
+                    lose(lease, &reason);
+                    leases.remove(&id);
+                }
+                Some(failure) => {
+                    tracing::warn!(message_id = %lease.message_id, code = %failure.code, "lease extension failed; will retry");
+                }
+            }
+        }
+    }
+}
+
+fn lose(lease: &Lease, reason: &str) {
+    lease.lost.store(true, Ordering::Relaxed);
+    lease.token.cancel();
+    let in_flight = lease.received_at.elapsed();
+    tracing::error!(
+        message_id = %lease.message_id,
+        in_flight_s = in_flight.as_secs(),
+        "lease lost: {reason}; the message may be delivered again, the handler is asked to stop"
+    );
+}
+
+impl LeaseHandle {
+    /// Whether the lease was lost (the message may already be visible again).
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    pub(crate) async fn extend(&self, visibility: Duration) -> Result<(), crate::Error> {
+        let shared = &self.shared;
+        let queue_error = |message: String| crate::Error::Queue { queue_url: shared.queue.url().to_owned(), message };
+        let now = Instant::now();
+        let entry = {
+            let leases = shared.leases.lock().expect("lease registry poisoned");
+            let lease =
+                leases.get(&self.id).ok_or_else(|| queue_error("the message's lease is already lost".into()))?;
+            let left = cap_left(lease.received_at, now);
+            if visibility > left {
+                return Err(queue_error(format!(
+                    "cannot extend visibility by {}s: only {}s remain of SQS's 12-hour limit for message {}",
+                    visibility.as_secs(),
+                    left.as_secs(),
+                    lease.message_id
+                )));
+            }
+            BatchEntry {
+                id: "extend".into(),
+                receipt_handle: lease.receipt_handle.clone(),
+                visibility: whole_seconds(visibility, left),
+            }
+        };
+        let failures = shared
+            .queue
+            .change_visibility_batch(std::slice::from_ref(&entry))
+            .await
+            .map_err(|e| queue_error(format!("ChangeMessageVisibility failed: {e}")))?;
+        if let Some(failure) = failures.first() {
+            return Err(queue_error(format!("ChangeMessageVisibility refused: {}: {}", failure.code, failure.message)));
+        }
+        if let Some(lease) = shared.leases.lock().expect("lease registry poisoned").get_mut(&self.id) {
+            lease.expires_at = now + entry.visibility;
+            lease.period = entry.visibility.max(Duration::from_secs(1));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LeaseHandle {
+    fn drop(&mut self) {
+        if let Ok(mut leases) = self.shared.leases.lock() {
+            leases.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::OutgoingMessage;
+    use crate::queue::MemoryQueue;
+    use crate::queue::ReceiveRequest;
+
+    async fn received(queue: &Queue, visibility: Duration) -> Message {
+        queue.send(OutgoingMessage::new("job")).await.unwrap();
+        let request = ReceiveRequest {
+            max_messages: 1,
+            wait_time: Duration::ZERO,
+            visibility_timeout: visibility,
+            attempt_id: None,
+        };
+        queue.receive(&request).await.unwrap().pop().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_keeps_a_long_job_invisible_with_few_calls() {
+        let memory = MemoryQueue::new("hb");
+        let queue = Queue::memory(&memory);
+        let visibility = Duration::from_secs(30);
+        let msg = received(&queue, visibility).await;
+        let leases = Leases::new(queue.clone(), visibility, Duration::from_secs(5));
+        let token = CancellationToken::new();
+        let lease = leases.register(&msg, token.clone());
+        let stop = CancellationToken::new();
+        let beat = tokio::spawn(leases.clone().run(stop.clone()));
+
+        // Three visibility timeouts later the message is still in flight, never visible.
+        for _ in 0..18 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            assert_eq!(memory.visible_len(), 0, "message became visible");
+        }
+        assert!(!token.is_cancelled() && !lease.is_lost());
+        // One extension per half period: 90 s / 15 s = 6 calls, give or take one.
+        let calls = queue.request_counts().change_visibility;
+        assert!((5..=7).contains(&calls), "{calls} heartbeat calls");
+        drop(lease);
+        assert_eq!(leases.len(), 0);
+        stop.cancel();
+        beat.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_batches_ten_leases_per_call() {
+        let memory = MemoryQueue::new("batch");
+        let queue = Queue::memory(&memory);
+        let visibility = Duration::from_secs(30);
+        let leases = Leases::new(queue.clone(), visibility, Duration::from_secs(5));
+        let mut held = Vec::new();
+        for _ in 0..25 {
+            let msg = received(&queue, visibility).await;
+            held.push(leases.register(&msg, CancellationToken::new()));
+        }
+        let stop = CancellationToken::new();
+        let beat = tokio::spawn(leases.clone().run(stop.clone()));
+        tokio::time::sleep(Duration::from_secs(16)).await;
+        // 25 leases due at once: three calls of 10, 10 and 5.
+        assert_eq!(queue.request_counts().change_visibility, 3);
+        assert_eq!(memory.visible_len(), 0);
+        stop.cancel();
+        beat.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_stops_short_of_twelve_hours_then_is_lost() {
+        let memory = MemoryQueue::new("cap");
+        let queue = Queue::memory(&memory);
+        let visibility = Duration::from_secs(3600);
+        let msg = received(&queue, visibility).await;
+        let leases = Leases::new(queue.clone(), visibility, Duration::from_secs(600));
+        let token = CancellationToken::new();
+        let lease = leases.register(&msg, token.clone());
+        let stop = CancellationToken::new();
+        let beat = tokio::spawn(leases.clone().run(stop.clone()));
+
+        tokio::time::sleep(Duration::from_secs(11 * 3600 + 1800)).await;
+        assert!(!token.is_cancelled(), "still within 12 hours");
+        assert_eq!(memory.visible_len(), 0);
+        // The memory queue, like SQS, refuses any visibility past 12 h: no extension was
+        // refused, so every one stayed within the cap.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(token.is_cancelled() && lease.is_lost(), "lease must be lost at the cap");
+        assert_eq!(memory.visible_len(), 1, "SQS makes the message visible at 12 h");
+        stop.cancel();
+        beat.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_extension_cancels_the_handler() {
+        let memory = MemoryQueue::new("refused");
+        let queue = Queue::memory(&memory);
+        let visibility = Duration::from_secs(30);
+        let mut msg = received(&queue, visibility).await;
+        msg.receipt_handle = "not-a-receipt".into();
+        let leases = Leases::new(queue.clone(), visibility, Duration::from_secs(5));
+        let token = CancellationToken::new();
+        let lease = leases.register(&msg, token.clone());
+        let stop = CancellationToken::new();
+        let beat = tokio::spawn(leases.clone().run(stop.clone()));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(token.is_cancelled() && lease.is_lost());
+        stop.cancel();
+        beat.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn extend_resets_the_period() {
+        let memory = MemoryQueue::new("extend");
+        let queue = Queue::memory(&memory);
+        let msg = received(&queue, Duration::from_secs(30)).await;
+        let leases = Leases::new(queue.clone(), Duration::from_secs(30), Duration::from_secs(5));
+        let lease = leases.register(&msg, CancellationToken::new());
+        lease.extend(Duration::from_secs(600)).await.unwrap();
+        let stop = CancellationToken::new();
+        let beat = tokio::spawn(leases.clone().run(stop.clone()));
+        tokio::time::sleep(Duration::from_secs(290)).await;
+        // No heartbeat needed yet: 600 s were granted.
+        assert_eq!(queue.request_counts().change_visibility, 1);
+        assert_eq!(memory.visible_len(), 0);
+        assert!(lease.extend(Duration::from_secs(13 * 3600)).await.is_err(), "past the 12 h cap");
+        stop.cancel();
+        beat.await.unwrap();
+    }
+}

@@ -1,0 +1,610 @@
+//! An embedded queue with SQS semantics, for local runs and for testing workers without AWS.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{BATCH_MAX, BatchEntry, BatchFailure, OutgoingMessage, QueueBackend, QueueError, ReceiveRequest};
+use crate::Message;
+use crate::config::MAX_VISIBILITY;
+
+/// SQS's largest message: 1 MiB of body and attributes.
+const MAX_MESSAGE_BYTES: usize = 1_048_576;
+/// SQS's longest delivery delay.
+const MAX_DELAY: Duration = Duration::from_secs(900);
+/// SQS FIFO's deduplication window.
+const DEDUP_WINDOW: Duration = Duration::from_secs(300);
+
+static NEXT_QUEUE: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug)]
+struct Stored {
+    seq: u64,
+    id: String,
+    body: String,
+    attributes: HashMap<String, crate::MessageAttribute>,
+    sent_at: SystemTime,
+    group_id: Option<String>,
+    visible_at: Instant,
+    receive_count: u32,
+    first_received: Option<SystemTime>,
+    /// The receipt of the latest delivery, and when it was received.
+    receipt: Option<(String, Instant)>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    messages: Vec<Stored>,
+    next_seq: u64,
+    next_receipt: u64,
+    dedup: HashMap<String, (Instant, String)>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: String,
+    fifo: bool,
+    default_visibility: Duration,
+    redrive: Option<(MemoryQueue, u32)>,
+    state: Mutex<State>,
+    arrived: Notify,
+    instance: u64,
+}
+
+/// An in-memory queue with the semantics a worker relies on: visibility timeouts, receive
+/// counts, delivery delays, redrive to a dead-letter queue after `max_receives`, and FIFO
+/// group order with group holding. Cheap to clone; clones share the queue.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use holdfast::{MemoryQueue, OutgoingMessage, Queue};
+///
+/// let dlq = MemoryQueue::new("jobs-dlq");
+/// let jobs = MemoryQueue::builder("jobs").redrive(&dlq, 3).build();
+/// Queue::memory(&jobs).send(OutgoingMessage::new("hello")).await.unwrap();
+/// assert_eq!(jobs.len(), 1);
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemoryQueue {
+    inner: Arc<Inner>,
+}
+
+/// Builds a [`MemoryQueue`] with non-default settings.
+#[derive(Debug)]
+pub struct MemoryQueueBuilder {
+    name: String,
+    fifo: bool,
+    default_visibility: Duration,
+    redrive: Option<(MemoryQueue, u32)>,
+}
+
+impl MemoryQueueBuilder {
+    /// A FIFO queue: one group's messages are delivered in order, and a group is held while
+    /// one of its messages is in flight. Sending requires a group id.
+    #[must_use]
+    pub fn fifo(mut self) -> Self {
+        self.fifo = true;
+        self
+    }
+
+    /// The visibility timeout used when a receive does not name one (default 30 s).
+    #[must_use]
+    pub fn visibility_timeout(mut self, timeout: Duration) -> Self {
+        self.default_visibility = timeout;
+        self
+    }
+
+    /// Moves a message to `dead_letter` when it would be received more than `max_receives`
+    /// times, like an SQS redrive policy's `maxReceiveCount`.
+    #[must_use]
+    pub fn redrive(mut self, dead_letter: &MemoryQueue, max_receives: u32) -> Self {
+        self.redrive = Some((dead_letter.clone(), max_receives.max(1)));
+        self
+    }
+
+    /// The queue.
+    pub fn build(self) -> MemoryQueue {
+        MemoryQueue {
+            inner: Arc::new(Inner {
+                name: self.name,
+                fifo: self.fifo,
+                default_visibility: self.default_visibility,
+                redrive: self.redrive,
+                state: Mutex::new(State::default()),
+                arrived: Notify::new(),
+                instance: NEXT_QUEUE.fetch_add(1, Ordering::Relaxed),
+            }),
+        }
+    }
+}
+
+impl MemoryQueue {
+    /// A standard queue with a 30 s visibility timeout and no redrive.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self::builder(name).build()
+    }
+
+    /// Starts building a queue.
+    pub fn builder(name: impl Into<String>) -> MemoryQueueBuilder {
+        MemoryQueueBuilder {
+            name: name.into(),
+            fifo: false,
+            default_visibility: Duration::from_secs(30),
+            redrive: None,
+        }
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// `memory://NAME`.
+    pub fn url(&self) -> String {
+        format!("memory://{}", self.inner.name)
+    }
+
+    /// Messages in the queue, visible, delayed or in flight.
+    pub fn len(&self) -> usize {
+        self.state().messages.len()
+    }
+
+    /// Whether the queue holds no message at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Messages that a receive could return now (visible, not delayed).
+    pub fn visible_len(&self) -> usize {
+        let now = Instant::now();
+        self.state().messages.iter().filter(|m| m.visible_at <= now).count()
+    }
+
+    /// Messages received and not yet visible again or deleted.
+    pub fn in_flight_len(&self) -> usize {
+        let now = Instant::now();
+        self.state().messages.iter().filter(|m| m.visible_at > now && m.receipt.is_some()).count()
+    }
+
+    /// The bodies of all messages held, oldest first.
+    pub fn bodies(&self) -> Vec<String> {
+        self.state().messages.iter().map(|m| m.body.clone()).collect()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().expect("memory queue poisoned")
+    }
+
+    fn send_now(&self, message: &OutgoingMessage) -> Result<String, QueueError> {
+        let size = message.body.len()
+            + message
+                .attributes
+                .iter()
+                .map(|(k, v)| {
+                    k.len() + v.data_type().len() + v.as_str().map_or(0, str::len) + v.as_bytes().map_or(0, <[u8]>::len)
+                })
+                .sum::<usize>();
+        if size > MAX_MESSAGE_BYTES {
+            return Err(QueueError::permanent(
+                "InvalidParameterValue",
+                format!("message of {size} bytes is over the {MAX_MESSAGE_BYTES}-byte limit"),
+            ));
+        }
+        if message.delay > MAX_DELAY {
+            return Err(QueueError::permanent("InvalidParameterValue", "DelaySeconds must be at most 900"));
+        }
+        if self.inner.fifo && message.group_id.is_none() {
+            return Err(QueueError::permanent("MissingParameter", "FIFO queues require MessageGroupId"));
+        }
+        let now = Instant::now();
+        let mut state = self.state();
+        let dedup_key = if self.inner.fifo {
+            match &message.deduplication_id {
+                Some(id) => Some(id.clone()),
+                None => Some(format!("body:{}", message.body)),
+            }
+        } else {
+            None
+        };
+        if let Some(key) = &dedup_key {
+            state.dedup.retain(|_, (at, _)| now.duration_since(*at) < DEDUP_WINDOW);
+            if let Some((_, id)) = state.dedup.get(key) {
+                return Ok(id.clone());
+            }
+        }
+        state.next_seq += 1;
+        let seq = state.next_seq;
+        let id = format!("{:08x}-{:04x}-0000-0000-{seq:012x}", self.inner.instance, seq >> 48);
+        if let Some(key) = dedup_key {
+            state.dedup.insert(key, (now, id.clone()));
+        }
+        state.messages.push(Stored {
+            seq,
+            id: id.clone(),
+            body: message.body.clone(),
+            attributes: message.attributes.clone(),
+            sent_at: SystemTime::now(),
+            group_id: message.group_id.clone(),
+            visible_at: now + message.delay,
+            receive_count: 0,
+            first_received: None,
+            receipt: None,
+        });
+        drop(state);
+        self.inner.arrived.notify_waiters();
+        Ok(id)
+    }
+
+    /// Takes up to `max` visible messages now; returns the messages and, when none were
+    /// visible, when the next one becomes visible.
+    fn take(&self, request: &ReceiveRequest) -> (Vec<Message>, Option<Instant>) {
+        let now = Instant::now();
+        let visibility = if request.visibility_timeout.is_zero() {
+            self.inner.default_visibility
+        } else {
+            request.visibility_timeout
+        };
+        let mut state = self.state();
+        let mut dead = Vec::new();
+        if let Some((_, max_receives)) = &self.inner.redrive {
+            let mut i = 0;
+            while i < state.messages.len() {
+                let m = &state.messages[i];
+                if m.visible_at <= now && m.receive_count >= *max_receives {
+                    dead.push(state.messages.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        // FIFO: a group with a message in flight is held; within a group, only the oldest
+        // messages are eligible, in order.
+        let mut held: HashSet<String> = HashSet::new();
+        if self.inner.fifo {
+            for m in &state.messages {
+                if m.visible_at > now && m.receipt.is_some() {
+                    if let Some(g) = &m.group_id {
+                        held.insert(g.clone());
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut next_visible: Option<Instant> = None;
+        let mut blocked: HashSet<String> = HashSet::new();
+        let State { messages, next_receipt, .. } = &mut *state;
+        for m in messages.iter_mut() {
+            let group = m.group_id.clone().unwrap_or_default();
+            if m.visible_at > now {
+                next_visible = Some(next_visible.map_or(m.visible_at, |n| n.min(m.visible_at)));
+                if self.inner.fifo {
+                    blocked.insert(group);
+                }
+                continue;
+            }
+            if self.inner.fifo && (held.contains(&group) || blocked.contains(&group)) {
+                continue;
+            }
+            if out.len() >= request.max_messages {
+                break;
+            }
+            m.receive_count += 1;
+            *next_receipt += 1;
+            let receipt = format!("{}:{}:{}", self.inner.instance, m.seq, next_receipt);
+            m.receipt = Some((receipt.clone(), now));
+            m.visible_at = now + visibility;
+            let first_received = *m.first_received.get_or_insert_with(SystemTime::now);
+            let mut attributes = HashMap::from([
+                ("ApproximateReceiveCount".to_owned(), m.receive_count.to_string()),
+                ("SentTimestamp".to_owned(), millis(m.sent_at)),
+                ("ApproximateFirstReceiveTimestamp".to_owned(), millis(first_received)),
+            ]);
+            if let Some(g) = &m.group_id {
+                attributes.insert("MessageGroupId".into(), g.clone());
+            }
+            let mut message = Message::new(m.id.clone(), m.body.clone());
+            message.attributes = attributes;
+            message.message_attributes = m.attributes.clone();
+            message.receipt_handle = receipt;
+            message.received_at = now;
+            message.derive_system_fields();
+            out.push(message);
+        }
+        drop(state);
+        if let Some((dlq, _)) = &self.inner.redrive {
+            for m in dead {
+                tracing::debug!(queue = %self.inner.name, message_id = %m.id, "moved to the dead-letter queue");
+                dlq.push_dead(m);
+            }
+        }
+        (out, next_visible)
+    }
+
+    fn push_dead(&self, mut message: Stored) {
+        let mut state = self.state();
+        state.next_seq += 1;
+        message.seq = state.next_seq;
+        message.visible_at = Instant::now();
+        message.receipt = None;
+        message.receive_count = 0;
+        state.messages.push(message);
+        drop(state);
+        self.inner.arrived.notify_waiters();
+    }
+
+    fn check_entries(entries: &[BatchEntry]) -> Result<(), QueueError> {
+        if entries.is_empty() || entries.len() > BATCH_MAX {
+            return Err(QueueError::permanent("TooManyEntriesInBatchRequest", "a batch holds 1 to 10 entries"));
+        }
+        let mut seen = HashSet::new();
+        for e in entries {
+            let valid = (1..=80).contains(&e.id.len())
+                && e.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(QueueError::permanent("InvalidBatchEntryId", format!("bad batch entry id {:?}", e.id)));
+            }
+            if !seen.insert(&e.id) {
+                return Err(QueueError::permanent("BatchEntryIdsNotDistinct", format!("id {:?} repeats", e.id)));
+            }
+        }
+        Ok(())
+    }
+
+    fn position(state: &State, receipt: &str) -> Option<usize> {
+        state.messages.iter().position(|m| m.receipt.as_ref().is_some_and(|(r, _)| r == receipt))
+    }
+}
+
+fn millis(t: SystemTime) -> String {
+    t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis().to_string()
+}
+
+fn invalid_receipt(id: &str) -> BatchFailure {
+    BatchFailure {
+        id: id.to_owned(),
+        code: "ReceiptHandleIsInvalid".into(),
+        message: "the receipt handle is not the latest one of a message in the queue".into(),
+        sender_fault: true,
+    }
+}
+
+#[async_trait]
+impl QueueBackend for MemoryQueue {
+    async fn receive(&self, request: &ReceiveRequest) -> Result<Vec<Message>, QueueError> {
+        let deadline = Instant::now() + request.wait_time;
+        loop {
+            // Register interest before looking, so a send between the look and the wait
+            // is not missed.
+            let arrived = self.inner.arrived.notified();
+            let (messages, next_visible) = self.take(request);
+            if !messages.is_empty() || Instant::now() >= deadline {
+                return Ok(messages);
+            }
+            let wake = next_visible.map_or(deadline, |n| n.min(deadline));
+            tokio::select! {
+                _ = arrived => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    async fn delete_batch(&self, entries: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
+        Self::check_entries(entries)?;
+        let mut state = self.state();
+        let mut failures = Vec::new();
+        for e in entries {
+            match Self::position(&state, &e.receipt_handle) {
+                Some(i) => {
+                    state.messages.remove(i);
+                }
+                // SQS accepts a well-formed receipt of an earlier delivery without deleting
+                // anything; it refuses one it never issued.
+                None if e.receipt_handle.starts_with(&format!("{}:", self.inner.instance)) => {}
+                None => failures.push(invalid_receipt(&e.id)),
+            }
+        }
+        let freed_group = self.inner.fifo;
+        drop(state);
+        if freed_group {
+            self.inner.arrived.notify_waiters();
+        }
+        Ok(failures)
+    }
+
+    async fn change_visibility_batch(&self, entries: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
+        Self::check_entries(entries)?;
+        let now = Instant::now();
+        let mut state = self.state();
+        let mut failures = Vec::new();
+        let mut released = false;
+        for e in entries {
+            let Some(i) = Self::position(&state, &e.receipt_handle) else {
+                failures.push(invalid_receipt(&e.id));
+                continue;
+            };
+            let m = &mut state.messages[i];
+            let received_at = m.receipt.as_ref().map_or(now, |(_, at)| *at);
+            if m.visible_at <= now {
+                failures.push(BatchFailure {
+                    id: e.id.clone(),
+                    code: "MessageNotInflight".into(),
+                    message: "the message is not in flight".into(),
+                    sender_fault: true,
+                });
+            } else if now.duration_since(received_at) + e.visibility > MAX_VISIBILITY {
+                failures.push(BatchFailure {
+                    id: e.id.clone(),
+                    code: "InvalidParameterValue".into(),
+                    message: "total visibility timeout would exceed 12 hours since receipt".into(),
+                    sender_fault: true,
+                });
+            } else {
+                m.visible_at = now + e.visibility;
+                released |= e.visibility.is_zero();
+            }
+        }
+        drop(state);
+        if released {
+            self.inner.arrived.notify_waiters();
+        }
+        Ok(failures)
+    }
+
+    async fn send(&self, message: &OutgoingMessage) -> Result<String, QueueError> {
+        self.send_now(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(max: usize, wait_s: u64) -> ReceiveRequest {
+        ReceiveRequest {
+            max_messages: max,
+            wait_time: Duration::from_secs(wait_s),
+            visibility_timeout: Duration::from_secs(30),
+            attempt_id: None,
+        }
+    }
+
+    fn entry(id: &str, receipt: &str, visibility_s: u64) -> BatchEntry {
+        BatchEntry { id: id.into(), receipt_handle: receipt.into(), visibility: Duration::from_secs(visibility_s) }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn visibility_timeout_hides_then_returns_with_a_higher_count() {
+        let q = MemoryQueue::new("v");
+        q.send(&OutgoingMessage::new("a")).await.unwrap();
+        let first = q.receive(&request(10, 0)).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].receive_count(), 1);
+        assert!(q.receive(&request(10, 0)).await.unwrap().is_empty());
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        let again = q.receive(&request(10, 0)).await.unwrap();
+        assert_eq!(again[0].receive_count(), 2);
+        assert_ne!(again[0].receipt_handle, first[0].receipt_handle, "a new receipt per delivery");
+        // The old receipt no longer deletes the message.
+        assert!(q.delete_batch(&[entry("a", &first[0].receipt_handle, 0)]).await.unwrap().is_empty());
+        assert_eq!(q.len(), 1);
+        q.delete_batch(&[entry("a", &again[0].receipt_handle, 0)]).await.unwrap();
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_poll_returns_early_when_a_message_arrives() {
+        let q = MemoryQueue::new("lp");
+        let sender = q.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            sender.send(&OutgoingMessage::new("late")).await.unwrap();
+        });
+        let start = Instant::now();
+        let got = q.receive(&request(10, 20)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        let start = Instant::now();
+        assert!(q.receive(&request(10, 20)).await.unwrap().is_empty());
+        assert_eq!(start.elapsed(), Duration::from_secs(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_messages_wait_and_wake_a_long_poll() {
+        let q = MemoryQueue::new("delay");
+        q.send(&OutgoingMessage::new("later").delay(Duration::from_secs(5))).await.unwrap();
+        assert_eq!(q.visible_len(), 0);
+        let start = Instant::now();
+        let got = q.receive(&request(1, 20)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn redrive_moves_a_message_after_max_receives() {
+        let dlq = MemoryQueue::new("dlq");
+        let q = MemoryQueue::builder("main").redrive(&dlq, 2).visibility_timeout(Duration::from_secs(1)).build();
+        q.send(&OutgoingMessage::new("poison")).await.unwrap();
+        let mut short = request(1, 0);
+        short.visibility_timeout = Duration::ZERO; // the queue default, 1 s
+        for n in 1..=2 {
+            let got = q.receive(&short).await.unwrap();
+            assert_eq!(got[0].receive_count(), n);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        assert!(q.receive(&short).await.unwrap().is_empty());
+        assert!(q.is_empty());
+        assert_eq!(dlq.bodies(), vec!["poison".to_string()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fifo_delivers_in_group_order_and_holds_a_busy_group() {
+        let q = MemoryQueue::builder("f.fifo").fifo().build();
+        for (g, b) in [("a", "a1"), ("b", "b1"), ("a", "a2"), ("b", "b2")] {
+            q.send(&OutgoingMessage::new(b).group_id(g)).await.unwrap();
+        }
+        let first = q.receive(&request(1, 0)).await.unwrap();
+        assert_eq!(first[0].body(), "a1");
+        // group a is held while a1 is in flight
+        let next: Vec<_> = q.receive(&request(10, 0)).await.unwrap();
+        assert_eq!(next.iter().map(Message::body).collect::<Vec<_>>(), ["b1", "b2"]);
+        assert!(q.receive(&request(10, 0)).await.unwrap().is_empty());
+        // releasing a1 makes it (not a2) the next of group a
+        let failures = q.change_visibility_batch(&[entry("r", &first[0].receipt_handle, 0)]).await.unwrap();
+        assert!(failures.is_empty());
+        let again = q.receive(&request(10, 0)).await.unwrap();
+        assert_eq!(again.iter().map(Message::body).collect::<Vec<_>>(), ["a1", "a2"]);
+        assert_eq!(again[0].group_id(), Some("a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fifo_deduplicates_within_five_minutes() {
+        let q = MemoryQueue::builder("d.fifo").fifo().build();
+        let a = q.send(&OutgoingMessage::new("x").group_id("g").deduplication_id("1")).await.unwrap();
+        let b = q.send(&OutgoingMessage::new("x").group_id("g").deduplication_id("1")).await.unwrap();
+        assert_eq!(a, b);
+        assert_eq!(q.len(), 1);
+        assert!(q.send(&OutgoingMessage::new("no group")).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_check_ids_and_report_failures_per_entry() {
+        let q = MemoryQueue::new("batch");
+        q.send(&OutgoingMessage::new("a")).await.unwrap();
+        let m = q.receive(&request(1, 0)).await.unwrap().pop().unwrap();
+        let dup = [entry("x", &m.receipt_handle, 0), entry("x", "other", 0)];
+        assert_eq!(q.delete_batch(&dup).await.unwrap_err().code.as_deref(), Some("BatchEntryIdsNotDistinct"));
+        assert!(q.delete_batch(&[entry("bad id!", "r", 0)]).await.is_err());
+        let too_many: Vec<_> = (0..11).map(|i| entry(&i.to_string(), "r", 0)).collect();
+        assert!(q.delete_batch(&too_many).await.is_err());
+        let failures = q.delete_batch(&[entry("ok", &m.receipt_handle, 0), entry("bad", "garbage", 0)]).await.unwrap();
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].id, "bad");
+        assert!(failures[0].sender_fault);
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn visibility_beyond_twelve_hours_is_refused() {
+        let q = MemoryQueue::new("cap");
+        q.send(&OutgoingMessage::new("a")).await.unwrap();
+        let m = q.receive(&request(1, 0)).await.unwrap().pop().unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let f = q.change_visibility_batch(&[entry("a", &m.receipt_handle, 43_200)]).await.unwrap();
+        assert_eq!(f[0].code, "InvalidParameterValue");
+        let f = q.change_visibility_batch(&[entry("a", &m.receipt_handle, 43_190)]).await.unwrap();
+        assert!(f.is_empty());
+    }
+
+    #[tokio::test]
+    async fn bodies_up_to_the_sqs_maximum_are_accepted() {
+        let q = MemoryQueue::new("size");
+        q.send(&OutgoingMessage::new("x".repeat(MAX_MESSAGE_BYTES))).await.unwrap();
+        assert!(q.send(&OutgoingMessage::new("x".repeat(MAX_MESSAGE_BYTES + 1))).await.is_err());
+    }
+}

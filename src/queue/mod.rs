@@ -1,0 +1,265 @@
+//! The queue seam: real SQS and the embedded in-memory queue behind one interface.
+
+pub(crate) mod memory;
+pub(crate) mod sqs;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{Message, MessageAttribute};
+pub use memory::{MemoryQueue, MemoryQueueBuilder};
+
+/// At most this many messages per receive and entries per batch call (an SQS limit).
+pub(crate) const BATCH_MAX: usize = 10;
+
+/// One `ReceiveMessage` call.
+#[derive(Debug, Clone)]
+pub(crate) struct ReceiveRequest {
+    /// 1..=10.
+    pub(crate) max_messages: usize,
+    pub(crate) wait_time: Duration,
+    pub(crate) visibility_timeout: Duration,
+    /// FIFO: the same id on a retried receive returns the same messages.
+    pub(crate) attempt_id: Option<String>,
+}
+
+/// One entry of a batch call. `id` is the batch entry id (`[A-Za-z0-9_-]{1,80}`, unique in
+/// the call); `visibility` is only read by visibility changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BatchEntry {
+    pub(crate) id: String,
+    pub(crate) receipt_handle: String,
+    pub(crate) visibility: Duration,
+}
+
+/// An entry that a batch call reported in `Failed[]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BatchFailure {
+    pub(crate) id: String,
+    pub(crate) code: String,
+    pub(crate) message: String,
+    /// True when the request was at fault (e.g. an invalid receipt handle): retrying the
+    /// same entry cannot succeed.
+    pub(crate) sender_fault: bool,
+}
+
+/// A message to send.
+#[derive(Debug, Clone, Default)]
+pub struct OutgoingMessage {
+    pub(crate) body: String,
+    pub(crate) delay: Duration,
+    pub(crate) group_id: Option<String>,
+    pub(crate) deduplication_id: Option<String>,
+    pub(crate) attributes: HashMap<String, MessageAttribute>,
+}
+
+impl OutgoingMessage {
+    /// A message with this body.
+    pub fn new(body: impl Into<String>) -> Self {
+        Self { body: body.into(), ..Self::default() }
+    }
+
+    /// Delivers the message only after `delay` (at most 15 minutes).
+    #[must_use]
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// The FIFO `MessageGroupId`.
+    #[must_use]
+    pub fn group_id(mut self, group_id: impl Into<String>) -> Self {
+        self.group_id = Some(group_id.into());
+        self
+    }
+
+    /// The FIFO `MessageDeduplicationId`.
+    #[must_use]
+    pub fn deduplication_id(mut self, id: impl Into<String>) -> Self {
+        self.deduplication_id = Some(id.into());
+        self
+    }
+
+    /// Adds a message attribute.
+    #[must_use]
+    pub fn attribute(mut self, name: impl Into<String>, value: MessageAttribute) -> Self {
+        self.attributes.insert(name.into(), value);
+        self
+    }
+}
+
+/// Whether retrying a failed queue call can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    /// Network trouble, throttling, a server error: back off and try again.
+    Transient,
+    /// The queue does not exist, access is denied, the request is malformed: retrying will
+    /// not heal it.
+    Permanent,
+}
+
+/// A failed queue call.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueError {
+    pub(crate) kind: FailureKind,
+    /// The service's error code, when it sent one.
+    pub(crate) code: Option<String>,
+    pub(crate) message: String,
+}
+
+impl QueueError {
+    pub(crate) fn transient(message: impl Into<String>) -> Self {
+        Self { kind: FailureKind::Transient, code: None, message: message.into() }
+    }
+
+    pub(crate) fn permanent(code: &str, message: impl Into<String>) -> Self {
+        Self { kind: FailureKind::Permanent, code: Some(code.to_owned()), message: message.into() }
+    }
+
+    pub(crate) fn is_permanent(&self) -> bool {
+        self.kind == FailureKind::Permanent
+    }
+}
+
+impl fmt::Display for QueueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.code {
+            Some(code) => write!(f, "{code}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// The calls the runtime makes on a queue.
+#[async_trait]
+pub(crate) trait QueueBackend: Send + Sync + 'static {
+    async fn receive(&self, request: &ReceiveRequest) -> Result<Vec<Message>, QueueError>;
+    async fn delete_batch(&self, entries: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError>;
+    async fn change_visibility_batch(&self, entries: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError>;
+    async fn send(&self, message: &OutgoingMessage) -> Result<String, QueueError>;
+}
+
+/// How many requests of each kind a [`Queue`] has made: SQS bills per request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RequestCounts {
+    /// `ReceiveMessage` calls.
+    pub receive: u64,
+    /// `DeleteMessageBatch` calls.
+    pub delete: u64,
+    /// `ChangeMessageVisibilityBatch` calls (heartbeats, retries, releases).
+    pub change_visibility: u64,
+    /// `SendMessage` calls.
+    pub send: u64,
+}
+
+impl RequestCounts {
+    /// All requests together.
+    pub fn total(&self) -> u64 {
+        self.receive + self.delete + self.change_visibility + self.send
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    receive: AtomicU64,
+    delete: AtomicU64,
+    change_visibility: AtomicU64,
+    send: AtomicU64,
+}
+
+/// A queue a worker consumes: an SQS queue (or any SQS-compatible server) or an embedded
+/// [`MemoryQueue`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    url: Arc<str>,
+    backend: Arc<dyn QueueBackend>,
+    counters: Arc<Counters>,
+}
+
+impl fmt::Debug for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    /// An SQS queue, reached with `client` (which carries region, credentials and endpoint).
+    pub fn sqs(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
+        let url: String = queue_url.into();
+        Self::from_backend(url.clone(), sqs::SqsBackend::new(client, url))
+    }
+
+    /// The embedded in-memory queue.
+    pub fn memory(queue: &MemoryQueue) -> Self {
+        Self::from_backend(queue.url(), queue.clone())
+    }
+
+    /// Opens the queue at `url`: `memory://NAME` is a new embedded queue, anything else is SQS
+    /// with a client from aws-config's standard chain (`AWS_REGION`, `AWS_ENDPOINT_URL_SQS`,
+    /// credentials, …).
+    pub async fn from_url(url: &str) -> Self {
+        match url.strip_prefix("memory://") {
+            Some(name) => Self::memory(&MemoryQueue::new(name)),
+            None => {
+                let shared = aws_config::load_from_env().await;
+                Self::sqs(aws_sdk_sqs::Client::new(&shared), url)
+            }
+        }
+    }
+
+    pub(crate) fn from_backend(url: String, backend: impl QueueBackend) -> Self {
+        Self { url: url.into(), backend: Arc::new(backend), counters: Arc::default() }
+    }
+
+    /// The queue's URL (`memory://NAME` for an embedded queue).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Requests made through this handle and its clones so far.
+    pub fn request_counts(&self) -> RequestCounts {
+        RequestCounts {
+            receive: self.counters.receive.load(Ordering::Relaxed),
+            delete: self.counters.delete.load(Ordering::Relaxed),
+            change_visibility: self.counters.change_visibility.load(Ordering::Relaxed),
+            send: self.counters.send.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sends a message; returns its message id.
+    ///
+    /// # Errors
+    ///
+    /// The queue refused the message or could not be reached.
+    pub async fn send(&self, message: OutgoingMessage) -> Result<String, crate::Error> {
+        self.counters.send.fetch_add(1, Ordering::Relaxed);
+        self.backend.send(&message).await.map_err(|e| crate::Error::Queue {
+            queue_url: self.url.to_string(),
+            message: format!("SendMessage failed: {e}"),
+        })
+    }
+
+    pub(crate) async fn receive(&self, request: &ReceiveRequest) -> Result<Vec<Message>, QueueError> {
+        self.counters.receive.fetch_add(1, Ordering::Relaxed);
+        self.backend.receive(request).await
+    }
+
+    pub(crate) async fn delete_batch(&self, entries: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
+        self.counters.delete.fetch_add(1, Ordering::Relaxed);
+        self.backend.delete_batch(entries).await
+    }
+
+    pub(crate) async fn change_visibility_batch(
+        &self,
+        entries: &[BatchEntry],
+    ) -> Result<Vec<BatchFailure>, QueueError> {
+        self.counters.change_visibility.fetch_add(1, Ordering::Relaxed);
+        self.backend.change_visibility_batch(entries).await
+    }
+}
