@@ -1,14 +1,20 @@
 #![doc = include_str!("../README.md")]
 
+mod acker;
+mod backoff;
 mod config;
 mod context;
+mod dispatch;
 mod error;
 mod handler;
 mod lease;
 mod message;
 mod outcome;
+mod poller;
 mod protection;
 mod queue;
+mod runtime;
+mod shutdown;
 
 pub use async_trait::async_trait;
 pub use config::{Config, ConfigError, LogFormat, VARIABLES};
@@ -19,3 +25,4 @@ pub use message::{AttributeValue, Message, MessageAttribute};
 pub use outcome::Outcome;
 pub use protection::ProtectionConfig;
 pub use queue::{MemoryQueue, MemoryQueueBuilder, OutgoingMessage, Queue, RequestCounts};
+pub use runtime::{Summary, Worker, init_logging};

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs the local SQS server (moto, into a
+# project-local virtualenv), starts it on a free loopback port, runs formatting, lints,
+# docs and every test against it, and stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# shellcheck source=scripts/moto.sh
+source scripts/moto.sh
+moto_install
+moto_start
+trap moto_stop EXIT
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --all-features --locked -- -D warnings
+echo "== cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
+echo "== cargo test (SQS server at $HOLDFAST_TEST_SQS_ENDPOINT)"
+cargo test --all-targets --locked -- --test-threads 8
+cargo test --doc --locked

@@ -1,0 +1,364 @@
+//! Batched acknowledgements: deletes and visibility changes, ten per call.
+//!
+//! Handlers' results arrive on a channel. Each kind waits in its own batch until ten are
+//! waiting or the oldest has waited the flush interval, then goes out as one
+//! `DeleteMessageBatch` or `ChangeMessageVisibilityBatch`. Entries that fail for a reason
+//! that can heal (throttling, a server error, a dropped connection) are retried with
+//! backoff; entries SQS refuses for good (a stale receipt handle) are logged. When every
+//! sender is gone, whatever is pending is flushed before the task ends.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::Message;
+use crate::queue::{BATCH_MAX, BatchEntry, Queue};
+
+/// Attempts per batch entry before it is given up (the message then comes back after its
+/// visibility timeout, so nothing is lost, it is only delivered again).
+const MAX_ATTEMPTS: u32 = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Delete,
+    Visibility,
+}
+
+#[derive(Debug)]
+struct Request {
+    kind: Kind,
+    message_id: String,
+    receipt_handle: String,
+    visibility: Duration,
+}
+
+/// Counts of what the acker achieved.
+#[derive(Debug, Default)]
+pub(crate) struct AckStats {
+    pub(crate) deleted: AtomicU64,
+    pub(crate) delete_failed: AtomicU64,
+}
+
+/// The sending side; cheap to clone. The acker task ends once every clone is dropped.
+#[derive(Debug, Clone)]
+pub(crate) struct Acker {
+    tx: mpsc::UnboundedSender<Request>,
+}
+
+impl Acker {
+    pub(crate) fn spawn(
+        queue: Queue,
+        interval: Duration,
+        concurrency: usize,
+    ) -> (Acker, Arc<AckStats>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(AckStats::default());
+        let task = tokio::spawn(run(queue, interval, concurrency.max(1), rx, stats.clone()));
+        (Acker { tx }, stats, task)
+    }
+
+    /// Deletes the message.
+    pub(crate) fn delete(&self, message: &Message) {
+        self.send(Kind::Delete, message, Duration::ZERO);
+    }
+
+    /// Makes the message visible again after `visibility` (zero: at once).
+    pub(crate) fn change_visibility(&self, message: &Message, visibility: Duration) {
+        self.send(Kind::Visibility, message, visibility);
+    }
+
+    fn send(&self, kind: Kind, message: &Message, visibility: Duration) {
+        let request = Request {
+            kind,
+            message_id: message.id.clone(),
+            receipt_handle: message.receipt_handle.clone(),
+            visibility,
+        };
+        if self.tx.send(request).is_err() {
+            // Only possible if the acker task died; the message comes back after its
+            // visibility timeout.
+            tracing::error!(message_id = %message.id, "acknowledgement dropped: the acker has stopped");
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    requests: Vec<Request>,
+    since: Option<Instant>,
+}
+
+impl Pending {
+    fn push(&mut self, request: Request) {
+        self.since.get_or_insert_with(Instant::now);
+        self.requests.push(request);
+    }
+
+    fn ready(&self, now: Instant, interval: Duration, closing: bool) -> bool {
+        self.requests.len() >= BATCH_MAX
+            || self.since.is_some_and(|since| closing || now.duration_since(since) >= interval)
+    }
+
+    fn take(&mut self) -> Vec<Request> {
+        let n = self.requests.len().min(BATCH_MAX);
+        let batch: Vec<Request> = self.requests.drain(..n).collect();
+        self.since = if self.requests.is_empty() { None } else { Some(Instant::now()) };
+        batch
+    }
+
+    fn due(&self, interval: Duration) -> Option<Instant> {
+        self.since.map(|since| since + interval)
+    }
+}
+
+async fn run(
+    queue: Queue,
+    interval: Duration,
+    concurrency: usize,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    stats: Arc<AckStats>,
+) {
+    let mut deletes = Pending::default();
+    let mut changes = Pending::default();
+    let mut in_flight = JoinSet::new();
+    let mut open = true;
+    loop {
+        let now = Instant::now();
+        for pending in [&mut deletes, &mut changes] {
+            while in_flight.len() < concurrency && pending.ready(now, interval, !open) {
+                let batch = pending.take();
+                in_flight.spawn(send_batch(queue.clone(), batch, stats.clone()));
+            }
+        }
+        if !open && deletes.requests.is_empty() && changes.requests.is_empty() && in_flight.is_empty() {
+            return;
+        }
+        let next_due = [deletes.due(interval), changes.due(interval)].into_iter().flatten().min();
+        tokio::select! {
+            biased;
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            request = rx.recv(), if open => match request {
+                Some(r) if r.kind == Kind::Delete => deletes.push(r),
+                Some(r) => changes.push(r),
+                None => open = false,
+            },
+            _ = tokio::time::sleep_until(next_due.unwrap_or(now)), if next_due.is_some() && in_flight.len() < concurrency => {}
+        }
+    }
+}
+
+async fn send_batch(queue: Queue, mut batch: Vec<Request>, stats: Arc<AckStats>) {
+    let kind = batch[0].kind;
+    for attempt in 1..=MAX_ATTEMPTS {
+        let entries: Vec<BatchEntry> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, r)| BatchEntry {
+                id: i.to_string(),
+                receipt_handle: r.receipt_handle.clone(),
+                visibility: r.visibility,
+            })
+            .collect();
+        let result = match kind {
+            Kind::Delete => queue.delete_batch(&entries).await,
+            Kind::Visibility => queue.change_visibility_batch(&entries).await,
+        };
+        let failures = match result {
+            Ok(failures) => failures,
+            Err(error) if error.is_permanent() => {
+                give_up(kind, &batch, &error.to_string(), &stats);
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, attempt, entries = batch.len(), "{} batch failed; retrying", name(kind));
+                tokio::time::sleep(Duration::from_millis(100) * 2u32.pow(attempt - 1)).await;
+                continue;
+            }
+        };
+        let mut retry = Vec::new();
+        for (i, request) in batch.into_iter().enumerate() {
+            match failures.iter().find(|f| f.id == i.to_string()) {
+                None => {
+                    if kind == Kind::Delete {
+                        stats.deleted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Some(f) if f.sender_fault => {
+                    give_up(kind, std::slice::from_ref(&request), &format!("{}: {}", f.code, f.message), &stats)
+                }
+                Some(f) => {
+                    tracing::warn!(message_id = %request.message_id, code = %f.code, attempt, "{} entry failed; retrying", name(kind));
+                    retry.push(request);
+                }
+            }
+        }
+        if retry.is_empty() {
+            return;
+        }
+        batch = retry;
+        tokio::time::sleep(Duration::from_millis(100) * 2u32.pow(attempt - 1)).await;
+    }
+    give_up(kind, &batch, &format!("still failing after {MAX_ATTEMPTS} attempts"), &stats);
+}
+
+fn name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Delete => "DeleteMessageBatch",
+        Kind::Visibility => "ChangeMessageVisibilityBatch",
+    }
+}
+
+fn give_up(kind: Kind, batch: &[Request], reason: &str, stats: &AckStats) {
+    for request in batch {
+        match kind {
+            Kind::Delete => {
+                stats.delete_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(message_id = %request.message_id, "delete failed, the message will be delivered again: {reason}");
+            }
+            Kind::Visibility => {
+                tracing::warn!(message_id = %request.message_id, "visibility change failed, the message keeps its current timeout: {reason}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{BatchFailure, MemoryQueue, OutgoingMessage, QueueBackend, QueueError, ReceiveRequest};
+    use async_trait::async_trait;
+    use std::sync::Mutex;
+
+    /// A queue whose deletes fail the first time for chosen receipts (as SQS does with
+    /// `InternalError` entries in `Failed[]`), recording every call.
+    struct Flaky {
+        inner: MemoryQueue,
+        fail_once: Mutex<Vec<String>>,
+        calls: Mutex<Vec<usize>>,
+    }
+
+    #[async_trait]
+    impl QueueBackend for Flaky {
+        async fn receive(&self, r: &ReceiveRequest) -> Result<Vec<Message>, QueueError> {
+            self.inner.receive(r).await
+        }
+        async fn delete_batch(&self, entries: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
+            self.calls.lock().unwrap().push(entries.len());
+            let (failing, passing): (Vec<_>, Vec<_>) = {
+                let mut fail_once = self.fail_once.lock().unwrap();
+                let split: (Vec<_>, Vec<_>) =
+                    entries.iter().cloned().partition(|e| fail_once.contains(&e.receipt_handle));
+                fail_once.retain(|r| !split.0.iter().any(|e| &e.receipt_handle == r));
+                split
+            };
+            let mut failures = if passing.is_empty() { Vec::new() } else { self.inner.delete_batch(&passing).await? };
+            failures.extend(failing.into_iter().map(|e| BatchFailure {
+                id: e.id,
+                code: "InternalError".into(),
+                message: "try again".into(),
+                sender_fault: false,
+            }));
+            Ok(failures)
+        }
+        async fn change_visibility_batch(&self, e: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
+            self.inner.change_visibility_batch(e).await
+        }
+        async fn send(&self, m: &OutgoingMessage) -> Result<String, QueueError> {
+            self.inner.send(m).await
+        }
+    }
+
+    async fn receive_all(queue: &Queue, n: usize) -> Vec<Message> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let request = ReceiveRequest {
+                max_messages: 10,
+                wait_time: Duration::ZERO,
+                visibility_timeout: Duration::from_secs(30),
+                attempt_id: None,
+            };
+            out.extend(queue.receive(&request).await.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deletes_go_out_in_batches_of_ten_and_the_rest_on_the_interval() {
+        let memory = MemoryQueue::new("ack");
+        let queue = Queue::memory(&memory);
+        for i in 0..25 {
+            queue.send(OutgoingMessage::new(i.to_string())).await.unwrap();
+        }
+        let messages = receive_all(&queue, 25).await;
+        let (acker, stats, task) = Acker::spawn(queue.clone(), Duration::from_millis(100), 4);
+        for m in &messages {
+            acker.delete(m);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(queue.request_counts().delete, 2, "two full batches go at once");
+        assert_eq!(memory.len(), 5);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(queue.request_counts().delete, 3, "the remaining 5 go after the interval");
+        assert!(memory.is_empty());
+        drop(acker);
+        task.await.unwrap();
+        assert_eq!(stats.deleted.load(Ordering::Relaxed), 25);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_deletes_are_flushed_when_the_senders_are_gone() {
+        let memory = MemoryQueue::new("flush");
+        let queue = Queue::memory(&memory);
+        queue.send(OutgoingMessage::new("x")).await.unwrap();
+        let messages = receive_all(&queue, 1).await;
+        let (acker, _, task) = Acker::spawn(queue.clone(), Duration::from_secs(5), 1);
+        acker.delete(&messages[0]);
+        drop(acker);
+        task.await.unwrap();
+        assert!(memory.is_empty(), "flushed without waiting for the interval");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_batch_failure_is_retried_by_receipt() {
+        let memory = MemoryQueue::new("partial");
+        let seed = Queue::memory(&memory);
+        for i in 0..10 {
+            seed.send(OutgoingMessage::new(i.to_string())).await.unwrap();
+        }
+        let messages = receive_all(&seed, 10).await;
+        let flaky = Flaky {
+            inner: memory.clone(),
+            fail_once: Mutex::new(vec![messages[3].receipt_handle.clone(), messages[7].receipt_handle.clone()]),
+            calls: Mutex::new(Vec::new()),
+        };
+        let queue = Queue::from_backend("memory://partial".into(), flaky);
+        let (acker, stats, task) = Acker::spawn(queue.clone(), Duration::from_millis(100), 4);
+        for m in &messages {
+            acker.delete(m);
+        }
+        drop(acker);
+        task.await.unwrap();
+        assert!(memory.is_empty(), "the two failed entries were retried and deleted");
+        assert_eq!(stats.deleted.load(Ordering::Relaxed), 10);
+        assert_eq!(stats.delete_failed.load(Ordering::Relaxed), 0);
+        assert_eq!(queue.request_counts().delete, 2, "one batch of 10, one retry of the 2 failed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_receipt_is_given_up_not_retried() {
+        let memory = MemoryQueue::new("stale");
+        let queue = Queue::memory(&memory);
+        let mut bogus = Message::new("m", "b");
+        bogus.receipt_handle = "garbage".into();
+        let (acker, stats, task) = Acker::spawn(queue.clone(), Duration::from_millis(100), 4);
+        acker.delete(&bogus);
+        drop(acker);
+        task.await.unwrap();
+        assert_eq!(queue.request_counts().delete, 1);
+        assert_eq!(stats.delete_failed.load(Ordering::Relaxed), 1);
+    }
+}

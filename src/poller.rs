@@ -1,0 +1,104 @@
+//! The receive loop: polls only for free capacity and hands each message to its own task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::Error;
+use crate::backoff::receive_backoff;
+use crate::dispatch::Dispatcher;
+use crate::queue::{BATCH_MAX, Queue, QueueError, ReceiveRequest};
+
+pub(crate) struct Poller {
+    pub(crate) queue: Queue,
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) dispatcher: Arc<Dispatcher>,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) intake: CancellationToken,
+    pub(crate) wait_time: Duration,
+    pub(crate) visibility_timeout: Duration,
+}
+
+impl Poller {
+    /// Polls until `intake` is cancelled (then `Ok`) or the queue fails in a way retrying
+    /// cannot heal (then the error, saying what to fix).
+    pub(crate) async fn run(self) -> Result<(), Error> {
+        let mut failures = 0u32;
+        loop {
+            let Some(mut permits) = self.take_slots().await else { return Ok(()) };
+            let request = ReceiveRequest {
+                max_messages: permits.len(),
+                wait_time: self.wait_time,
+                visibility_timeout: self.visibility_timeout,
+                attempt_id: None,
+            };
+            // Dropping the receive on shutdown cancels the long poll at once.
+            let received = tokio::select! {
+                biased;
+                _ = self.intake.cancelled() => return Ok(()),
+                received = self.queue.receive(&request) => received,
+            };
+            match received {
+                Ok(messages) => {
+                    failures = 0;
+                    for message in messages {
+                        match permits.pop() {
+                            Some(permit) => {
+                                self.tracker.spawn(self.dispatcher.clone().run(message, permit));
+                            }
+                            // A server that returns more than asked: give the extra back.
+                            None => self.dispatcher.release(&message),
+                        }
+                    }
+                }
+                Err(error) if error.is_permanent() => return Err(self.fatal(&error)),
+                Err(error) => {
+                    failures += 1;
+                    let pause = receive_backoff(failures);
+                    tracing::warn!(%error, failures, pause_ms = pause.as_millis() as u64, "receive failed; backing off");
+                    drop(permits);
+                    tokio::select! {
+                        biased;
+                        _ = self.intake.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for one free slot, then takes every other free one, up to a receive's ten.
+    async fn take_slots(&self) -> Option<Vec<OwnedSemaphorePermit>> {
+        let first = tokio::select! {
+            biased;
+            _ = self.intake.cancelled() => return None,
+            permit = self.slots.clone().acquire_owned() => permit.ok()?,
+        };
+        let mut permits = vec![first];
+        while permits.len() < BATCH_MAX {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        Some(permits)
+    }
+
+    fn fatal(&self, error: &QueueError) -> Error {
+        let code = error.code.as_deref().unwrap_or_default();
+        let fix = if code.contains("NonExistentQueue") || code == "QueueDoesNotExist" {
+            "the queue does not exist: check HOLDFAST_QUEUE_URL (or COPILOT_QUEUE_URI) and AWS_REGION"
+        } else if code.starts_with("AccessDenied") || code.starts_with("Kms") {
+            "access denied: the task role needs sqs:ReceiveMessage, sqs:DeleteMessage and sqs:ChangeMessageVisibility on this queue (and kms:Decrypt for an encrypted queue)"
+        } else if code.contains("Token") || code.contains("Signature") || code.contains("Security") {
+            "the AWS credentials were refused: check the task role or AWS_* credential variables"
+        } else {
+            "the receive request was refused"
+        };
+        tracing::error!(%error, "{fix}");
+        Error::Queue { queue_url: self.queue.url().to_owned(), message: format!("{fix} ({error})") }
+    }
+}

@@ -1,0 +1,325 @@
+//! The worker's behaviour, tested the same way on the embedded queue and on a real
+//! SQS-compatible server over the SQS wire protocol.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Backend, Calls, Options, TestQueue, eventually};
+use holdfast::{BoxError, Outcome, Worker, handler_fn, json_fn};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Runs `worker` in the background; returns its join handle and the trigger that stops it.
+fn start(worker: Worker) -> (tokio::task::JoinHandle<Result<holdfast::Summary, holdfast::Error>>, Arc<Notify>) {
+    let stop = Arc::new(Notify::new());
+    let signal = stop.clone();
+    let handle = tokio::spawn(worker.run_until(async move { signal.notified().await }));
+    (handle, stop)
+}
+
+async fn acknowledges_in_batches(backend: Backend) {
+    let q = TestQueue::new(backend, "batch", Options::default()).await;
+    for i in 0..25 {
+        q.send(&format!("job-{i}")).await;
+    }
+    let calls = Calls::default();
+    let seen = calls.clone();
+    let worker = Worker::new(q.config()).queue(q.queue.clone()).handler(handler_fn(move |msg, _ctx| {
+        let seen = seen.clone();
+        async move {
+            seen.record(msg.body(), msg.receive_count());
+            Ok::<_, BoxError>(Outcome::Ack)
+        }
+    }));
+    let (run, stop) = start(worker);
+    assert!(eventually(Duration::from_secs(20), || async { calls.len() >= 25 }).await, "handled {}", calls.len());
+    stop.notify_one();
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(summary.succeeded, 25);
+    assert_eq!(summary.deleted, 25);
+    assert_eq!(q.counts().await, (0, 0), "every message deleted");
+    for i in 0..25 {
+        assert_eq!(calls.count(&format!("job-{i}")), 1, "job-{i} handled once");
+    }
+    let deletes = q.queue.request_counts().delete;
+    assert!((3..=8).contains(&deletes), "25 deletes went out in {deletes} batch calls");
+}
+
+async fn a_failure_comes_back_after_the_backoff(backend: Backend) {
+    let q = TestQueue::new(backend, "retry", Options::default()).await;
+    q.send("flaky").await;
+    let times = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = times.clone();
+    let worker = Worker::new(q.config()).queue(q.queue.clone()).handler(handler_fn(move |msg, _ctx| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push((Instant::now(), msg.receive_count()));
+            if msg.receive_count() == 1 { Err("first attempt fails".into()) } else { Ok::<_, BoxError>(Outcome::Ack) }
+        }
+    }));
+    let (run, stop) = start(worker);
+    assert!(eventually(Duration::from_secs(15), || async { times.lock().unwrap().len() >= 2 }).await);
+    stop.notify_one();
+    let summary = run.await.unwrap().unwrap();
+    let times = times.lock().unwrap().clone();
+    assert_eq!(times.len(), 2, "one failure, one success");
+    assert_eq!((times[0].1, times[1].1), (1, 2), "receive counts");
+    let gap = times[1].0 - times[0].0;
+    // backoff_min = backoff_max = 2 s with equal jitter: 1 to 2 s, plus polling latency
+    assert!(gap >= Duration::from_millis(900), "came back after {gap:?}, before the backoff");
+    assert!(gap < Duration::from_secs(6), "came back after {gap:?}");
+    assert_eq!((summary.failed, summary.succeeded, summary.deleted), (1, 1, 1));
+    assert_eq!(q.counts().await, (0, 0));
+}
+
+async fn a_panic_is_caught_and_the_message_retried(backend: Backend) {
+    let q = TestQueue::new(backend, "panic", Options::default()).await;
+    q.send("boom").await;
+    q.send("fine").await;
+    let calls = Calls::default();
+    let seen = calls.clone();
+    let worker = Worker::new(q.config()).queue(q.queue.clone()).handler(handler_fn(move |msg, _ctx| {
+        let seen = seen.clone();
+        async move {
+            seen.record(msg.body(), msg.receive_count());
+            if msg.body() == "boom" && msg.receive_count() == 1 {
+                panic!("handler bug");
+            }
+            Ok::<_, BoxError>(Outcome::Ack)
+        }
+    }));
+    let (run, stop) = start(worker);
+    assert!(eventually(Duration::from_secs(15), || async { calls.count("boom") >= 2 }).await);
+    stop.notify_one();
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(calls.count("fine"), 1, "the worker kept going");
+    assert_eq!(summary.failed, 1, "the panic counts as a failure");
+    assert_eq!(summary.deleted, 2);
+    assert_eq!(q.counts().await, (0, 0));
+}
+
+async fn the_heartbeat_keeps_a_long_job_from_redelivery(backend: Backend) {
+    let q = TestQueue::new(backend, "heartbeat", Options::default()).await;
+    q.send("long").await;
+    let calls = Calls::default();
+    let seen = calls.clone();
+    let mut config = q.config();
+    config.visibility_timeout = Duration::from_secs(2);
+    config.heartbeat_interval = Duration::from_millis(300);
+    config.concurrency = 4;
+    let worker = Worker::new(config).queue(q.queue.clone()).handler(handler_fn(move |msg, _ctx| {
+        let seen = seen.clone();
+        async move {
+            seen.record(msg.body(), msg.receive_count());
+            tokio::time::sleep(Duration::from_secs(6)).await; // 3 × the visibility timeout
+            Ok::<_, BoxError>(Outcome::Ack)
+        }
+    }));
+    let (run, stop) = start(worker);
+    assert!(eventually(Duration::from_secs(15), || async { q.counts().await == (0, 0) }).await, "deleted");
+    // Free slots kept polling all along: a lapsed lease would have shown up as a second call.
+    assert_eq!(calls.all(), vec![("long".to_owned(), 1)]);
+    stop.notify_one();
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!((summary.received, summary.deleted), (1, 1));
+    assert!(q.queue.request_counts().change_visibility >= 3, "the lease was extended");
+}
+
+async fn shutdown_mid_job_lets_it_finish_and_deletes_it(backend: Backend) {
+    let q = TestQueue::new(backend, "drain", Options::default()).await;
+    q.send("three-seconds").await;
+    let started = Arc::new(Notify::new());
+    let signal = started.clone();
+    let worker = Worker::new(q.config()).queue(q.queue.clone()).handler(handler_fn(move |_msg, _ctx| {
+        let signal = signal.clone();
+        async move {
+            signal.notify_one();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok::<_, BoxError>(Outcome::Ack)
+        }
+    }));
+    let (run, stop) = start(worker);
+    started.notified().await;
+    let stopped_at = Instant::now();
+    stop.notify_one();
+    let summary = run.await.unwrap().unwrap();
+    let took = stopped_at.elapsed();
+    assert!(took >= Duration::from_millis(2500), "returned after {took:?}, before the job finished");
+    assert!(took < Duration::from_secs(10), "returned after {took:?}, past the drain deadline");
+    assert_eq!((summary.succeeded, summary.deleted, summary.released), (1, 1, 0));
+    assert_eq!(q.counts().await, (0, 0), "the message was deleted before run returned");
+}
+
+async fn the_drain_deadline_releases_what_is_still_running(backend: Backend) {
+    let q = TestQueue::new(backend, "deadline", Options::default()).await;
+    q.send("too-long").await;
+    let started = Arc::new(Notify::new());
+    let signal = started.clone();
+    let mut config = q.config();
+    config.drain_timeout = Duration::from_secs(1);
+    config.visibility_timeout = Duration::from_secs(60);
+    let worker = Worker::new(config).queue(q.queue.clone()).handler(handler_fn(move |_msg, _ctx| {
+        let signal = signal.clone();
+        async move {
+            signal.notify_one();
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            Ok::<_, BoxError>(Outcome::Ack)
+        }
+    }));
+    let (run, stop) = start(worker);
+    started.notified().await;
+    let stopped_at = Instant::now();
+    stop.notify_one();
+    let summary = run.await.unwrap().unwrap();
+    assert!(stopped_at.elapsed() < Duration::from_secs(5), "took {:?}", stopped_at.elapsed());
+    assert_eq!((summary.released, summary.succeeded), (1, 0));
+    // Visible again at once, not after the 60 s visibility timeout.
+    assert_eq!(q.counts().await, (1, 0));
+}
+
+async fn an_idle_worker_stops_within_a_second(backend: Backend) {
+    let q = TestQueue::new(backend, "idle", Options::default()).await;
+    let mut config = q.config();
+    config.wait_time = Duration::from_secs(20);
+    let worker = Worker::new(config)
+        .queue(q.queue.clone())
+        .handler(handler_fn(|_m, _c| async { Ok::<_, BoxError>(Outcome::Ack) }));
+    let (run, stop) = start(worker);
+    tokio::time::sleep(Duration::from_millis(500)).await; // a long poll is now in flight
+    let stopped_at = Instant::now();
+    stop.notify_one();
+    run.await.unwrap().unwrap();
+    let took = stopped_at.elapsed();
+    assert!(took < Duration::from_secs(1), "idle shutdown took {took:?}");
+}
+
+async fn an_always_failing_message_reaches_the_dead_letter_queue(backend: Backend) {
+    let q = TestQueue::new(backend, "poison", Options { max_receives: Some(2), ..Options::default() }).await;
+    q.send("poison").await;
+    let calls = Calls::default();
+    let seen = calls.clone();
+    let mut config = q.config();
+    config.backoff_min = Duration::from_secs(1);
+    config.backoff_max = Duration::from_secs(1);
+    let worker = Worker::new(config).queue(q.queue.clone()).handler(handler_fn(move |msg, _ctx| {
+        let seen = seen.clone();
+        async move {
+            seen.record(msg.body(), msg.receive_count());
+            Err::<Outcome, BoxError>("always fails".into())
+        }
+    }));
+    let (run, stop) = start(worker);
+    assert!(
+        eventually(Duration::from_secs(20), || async { q.dead_letters().await == ["poison"] }).await,
+        "the message should be in the DLQ"
+    );
+    stop.notify_one();
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(calls.all(), vec![("poison".to_owned(), 1), ("poison".to_owned(), 2)]);
+    assert_eq!(summary.failed, 2);
+    assert_eq!(q.counts().await, (0, 0));
+}
+
+async fn an_undecodable_body_fails_the_attempt_not_the_worker(backend: Backend) {
+    #[derive(serde::Deserialize)]
+    struct Job {
+        n: u32,
+    }
+    let q = TestQueue::new(backend, "decode", Options { max_receives: Some(1), ..Options::default() }).await;
+    q.send("not json").await;
+    q.send(r#"{"n": 5}"#).await;
+    let handled = Calls::default();
+    let seen = handled.clone();
+    let worker = Worker::new(q.config()).queue(q.queue.clone()).handler(json_fn(move |job: Job, msg, _ctx| {
+        let seen = seen.clone();
+        async move {
+            seen.record(&job.n.to_string(), msg.receive_count());
+            Ok::<_, BoxError>(Outcome::Ack)
+        }
+    }));
+    let (run, stop) = start(worker);
+    assert!(eventually(Duration::from_secs(15), || async { q.dead_letters().await == ["not json"] }).await);
+    stop.notify_one();
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(handled.all(), vec![("5".to_owned(), 1)]);
+    assert_eq!((summary.failed, summary.succeeded), (1, 1));
+}
+
+async fn retry_outcome_sets_the_visibility(backend: Backend) {
+    let q = TestQueue::new(backend, "later", Options::default()).await;
+    q.send("later").await;
+    let times = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = times.clone();
+    let worker = Worker::new(q.config()).queue(q.queue.clone()).handler(handler_fn(move |msg, _ctx| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push(Instant::now());
+            Ok::<_, BoxError>(if msg.receive_count() == 1 {
+                Outcome::retry_after(Duration::from_secs(3))
+            } else {
+                Outcome::Ack
+            })
+        }
+    }));
+    let (run, stop) = start(worker);
+    assert!(eventually(Duration::from_secs(15), || async { times.lock().unwrap().len() >= 2 }).await);
+    stop.notify_one();
+    let summary = run.await.unwrap().unwrap();
+    let times = times.lock().unwrap().clone();
+    let gap = times[1] - times[0];
+    assert!(gap >= Duration::from_millis(2900) && gap < Duration::from_secs(7), "retried after {gap:?}");
+    assert_eq!((summary.retried, summary.deleted), (1, 1));
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::common::init_tracing();
+                    super::$name(super::Backend::Memory).await;
+                }
+            )*
+        }
+        mod sqs {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::common::init_tracing();
+                    super::$name(super::Backend::Sqs).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    acknowledges_in_batches,
+    a_failure_comes_back_after_the_backoff,
+    a_panic_is_caught_and_the_message_retried,
+    the_heartbeat_keeps_a_long_job_from_redelivery,
+    shutdown_mid_job_lets_it_finish_and_deletes_it,
+    the_drain_deadline_releases_what_is_still_running,
+    an_idle_worker_stops_within_a_second,
+    an_always_failing_message_reaches_the_dead_letter_queue,
+    an_undecodable_body_fails_the_attempt_not_the_worker,
+    retry_outcome_sets_the_visibility,
+);
+
+/// A queue that does not exist stops the worker with an error that says what to fix.
+#[tokio::test]
+async fn a_missing_queue_stops_the_worker_with_a_fix() {
+    let url = format!("{}/123456789012/{}", common::endpoint(), common::unique("missing"));
+    let worker = Worker::new(holdfast::Config::default())
+        .queue(holdfast::Queue::sqs(common::sqs_client(), url))
+        .handler(handler_fn(|_m, _c| async { Ok::<_, BoxError>(Outcome::Ack) }));
+    let err = tokio::time::timeout(Duration::from_secs(10), worker.run_until(std::future::pending()))
+        .await
+        .expect("the worker must stop on its own")
+        .expect_err("a missing queue is an error");
+    let text = err.to_string();
+    assert!(text.contains("does not exist") && text.contains("HOLDFAST_QUEUE_URL"), "{text}");
+}
