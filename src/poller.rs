@@ -102,3 +102,89 @@ impl Poller {
         Error::Queue { queue_url: self.queue.url().to_owned(), message: format!("{fix} ({error})") }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acker::Acker;
+    use crate::dispatch::Counters;
+    use crate::lease::Leases;
+    use crate::queue::{BatchEntry, BatchFailure, MemoryQueue, OutgoingMessage, QueueBackend};
+    use crate::{BoxError, Config, Message, Outcome, handler_fn};
+    use async_trait::async_trait;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A queue whose receive returns its messages at the very moment shutdown begins: the
+    /// race every long poll can lose.
+    struct ShutdownDuringReceive {
+        inner: MemoryQueue,
+        intake: CancellationToken,
+    }
+
+    #[async_trait]
+    impl QueueBackend for ShutdownDuringReceive {
+        async fn receive(&self, request: &ReceiveRequest) -> Result<Vec<Message>, QueueError> {
+            let messages = self.inner.receive(request).await;
+            self.intake.cancel();
+            messages
+        }
+        async fn delete_batch(&self, e: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
+            self.inner.delete_batch(e).await
+        }
+        async fn change_visibility_batch(&self, e: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
+            self.inner.change_visibility_batch(e).await
+        }
+        async fn send(&self, m: &OutgoingMessage) -> Result<String, QueueError> {
+            self.inner.send(m).await
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_received_as_shutdown_begins_are_released_unstarted() {
+        let memory = MemoryQueue::new("race");
+        let intake = CancellationToken::new();
+        let queue = Queue::from_backend(
+            "memory://race".into(),
+            ShutdownDuringReceive { inner: memory.clone(), intake: intake.clone() },
+        );
+        for i in 0..3 {
+            queue.send(OutgoingMessage::new(i.to_string())).await.unwrap();
+        }
+        let started = Arc::new(AtomicUsize::new(0));
+        let seen = started.clone();
+        let handler = handler_fn(move |_m, _c| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, BoxError>(Outcome::Ack) }
+        });
+        let config = Arc::new(Config::default());
+        let (acker, _, acker_task) = Acker::spawn(queue.clone(), Duration::from_millis(100), 1);
+        let counters = Arc::new(Counters::default());
+        let dispatcher = Arc::new(Dispatcher {
+            handler: Arc::new(handler),
+            acker,
+            leases: Leases::new(queue.clone(), Duration::from_secs(30), Duration::from_secs(5)),
+            config,
+            intake: intake.clone(),
+            deadline: CancellationToken::new(),
+            counters: counters.clone(),
+        });
+        let tracker = TaskTracker::new();
+        let poller = Poller {
+            queue: queue.clone(),
+            slots: Arc::new(Semaphore::new(10)),
+            dispatcher: dispatcher.clone(),
+            tracker: tracker.clone(),
+            intake,
+            wait_time: Duration::ZERO,
+            visibility_timeout: Duration::from_secs(30),
+        };
+        poller.run().await.unwrap();
+        tracker.close();
+        tracker.wait().await;
+        drop(dispatcher);
+        acker_task.await.unwrap();
+        assert_eq!(started.load(Ordering::SeqCst), 0, "no handler may start after shutdown began");
+        assert_eq!(counters.released.load(Ordering::Relaxed), 3);
+        assert_eq!(memory.visible_len(), 3, "visible again at once, not after 30 s");
+    }
+}

@@ -1,0 +1,102 @@
+//! The whole life of a worker in a few seconds, on the embedded queue (no AWS account):
+//! jobs are enqueued, handled concurrently, one fails and is retried, a slow one outlives
+//! its visibility timeout and is kept invisible by the heartbeat, and the worker drains
+//! gracefully at the end.
+//!
+//! ```text
+//! cargo run --example quickstart
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use holdfast::{BoxError, Config, MemoryQueue, Outcome, OutgoingMessage, Queue, Worker, json_fn};
+use tokio::sync::Notify;
+
+#[derive(serde::Deserialize, serde::Serialize)]
+struct Job {
+    name: String,
+    work_ms: u64,
+    #[serde(default)]
+    flaky: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,holdfast::lease=debug".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_target(false)
+        .compact()
+        .init();
+
+    let memory = MemoryQueue::new("quickstart");
+    let queue = Queue::memory(&memory);
+    let jobs = [
+        ("thumbnail-1", 400, false),
+        ("thumbnail-2", 600, false),
+        ("invoice-7", 300, true),
+        ("thumbnail-3", 500, false),
+        ("report-2025", 7_000, false),
+        ("thumbnail-4", 200, false),
+        ("email-42", 250, false),
+        ("thumbnail-5", 700, false),
+    ];
+    for (name, work_ms, flaky) in jobs {
+        let body = serde_json::to_string(&Job { name: name.into(), work_ms, flaky })?;
+        queue.send(OutgoingMessage::new(body)).await?;
+    }
+    tracing::info!(jobs = jobs.len(), "enqueued");
+
+    let mut config = Config::default();
+    config.concurrency = 4;
+    config.wait_time = Duration::from_secs(1);
+    config.visibility_timeout = Duration::from_secs(3); // the slow job takes longer than this
+    config.heartbeat_interval = Duration::from_millis(500);
+    config.backoff_min = Duration::from_secs(1);
+    config.backoff_max = Duration::from_secs(1);
+    config.drain_timeout = Duration::from_secs(20);
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let all_but_one = Arc::new(Notify::new());
+    let (counter, signal) = (done.clone(), all_but_one.clone());
+    let total = jobs.len();
+    let handler = json_fn(move |job: Job, msg, ctx| {
+        let (counter, signal) = (counter.clone(), signal.clone());
+        async move {
+            tracing::info!(job = %job.name, attempt = msg.receive_count(), "working for {} ms", job.work_ms);
+            if job.flaky && msg.receive_count() == 1 {
+                return Err::<Outcome, BoxError>("upstream returned 503 (will be retried)".into());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(job.work_ms)) => {}
+                _ = ctx.cancelled() => return Err("cancelled".into()),
+            }
+            tracing::info!(job = %job.name, "done");
+            if counter.fetch_add(1, Ordering::SeqCst) + 2 == total {
+                signal.notify_one();
+            }
+            Ok(Outcome::Ack)
+        }
+    });
+
+    // Ask for a graceful shutdown while the slow job still runs, as ECS would with SIGTERM
+    // (press Ctrl-C to stop earlier).
+    let shutdown = async move {
+        tokio::select! {
+            _ = all_but_one.notified() => tracing::info!("all quick jobs done: shutting down while the slow one runs"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C"),
+        }
+    };
+    let summary = Worker::new(config).queue(queue.clone()).handler(handler).run_until(shutdown).await?;
+    tracing::info!(
+        succeeded = summary.succeeded,
+        failed_attempts = summary.failed,
+        deleted = summary.deleted,
+        left_in_queue = memory.len(),
+        requests = queue.request_counts().total(),
+        "finished"
+    );
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! The worker as a real process: signals, exit codes, start-up errors. The test binary runs
+//! itself as the child worker (`process child`), so nothing else needs building; the parent
+//! talks to the local SQS server started by `scripts/test.sh`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use holdfast::{BoxError, Message, Outcome, Worker, handler_fn};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// The child: a worker configured from the environment whose jobs sleep `work_ms`.
+fn child() -> ExitCode {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let worker = match Worker::from_env() {
+            Ok(worker) => worker,
+            Err(error) => {
+                eprintln!("worker: {error}");
+                return ExitCode::from(2);
+            }
+        };
+        let handler = handler_fn(|msg: Message, _ctx| async move {
+            let ms: u64 = msg.body().trim().parse().unwrap_or(0);
+            tracing::info!(work_ms = ms, "job started");
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            tracing::info!("job finished");
+            Ok::<_, BoxError>(Outcome::Ack)
+        });
+        match worker.handler(handler).run().await {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("worker: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Running {
+    fn start(env: &[(&str, String)]) -> Running {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command.arg("child").env_clear().env("RUST_LOG", "info").stderr(Stdio::piped()).stdout(Stdio::null());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn child worker");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, lines, log: Vec::new() }
+    }
+
+    /// Waits until a log line contains `text`.
+    fn wait_for(&mut self, text: &str, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(text);
+                    self.log.push(line);
+                    if found {
+                        return Ok(());
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        Err(format!("no log line with {text:?} within {limit:?}; log:\n{}", self.log.join("\n")))
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("kill");
+    }
+
+    /// Waits for the exit; returns the code and how long it took.
+    fn wait_exit(&mut self, limit: Duration) -> Result<(i32, Duration), String> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let took = start.elapsed();
+                self.log.extend(self.lines.try_iter());
+                return Ok((status.code().unwrap_or(-1), took));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        Err(format!("the worker did not exit within {limit:?}; log:\n{}", self.log.join("\n")))
+    }
+}
+
+fn sqs_env(queue_url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("HOLDFAST_QUEUE_URL", queue_url.to_owned()),
+        ("AWS_ENDPOINT_URL_SQS", common::endpoint()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("HOLDFAST_WAIT_TIME", "20".into()),
+        ("HOLDFAST_DRAIN_TIMEOUT", "10".into()),
+    ]
+}
+
+fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), String> {
+    if condition { Ok(()) } else { Err(message()) }
+}
+
+/// SIGTERM during a 3 s job: the job completes, its message is deleted, the process exits
+/// 0 before the drain deadline.
+async fn sigterm_mid_job_finishes_and_exits_zero() -> Result<(), String> {
+    let q = common::TestQueue::new(common::Backend::Sqs, "sigterm", common::Options::default()).await;
+    q.send("3000").await;
+    let mut worker = Running::start(&sqs_env(q.queue.url()));
+    worker.wait_for("job started", Duration::from_secs(20))?;
+    std::thread::sleep(Duration::from_millis(300));
+    worker.signal(Signal::SIGTERM);
+    let (code, took) = worker.wait_exit(Duration::from_secs(15))?;
+    let log = worker.log.join("\n");
+    ensure(code == 0, || format!("exit code {code}; log:\n{log}"))?;
+    ensure(took >= Duration::from_millis(2000), || format!("exited after {took:?}, before the job could finish"))?;
+    ensure(took < Duration::from_secs(10), || format!("exited after {took:?}, past the 10 s drain deadline"))?;
+    ensure(log.contains("SIGTERM received") && log.contains("job finished"), || log.clone())?;
+    let counts = q.counts().await;
+    ensure(counts == (0, 0), || format!("queue (visible, in flight) = {counts:?}; the message should be deleted"))
+}
+
+/// An idle worker exits within a second of SIGTERM, even with a 20 s long poll in flight.
+async fn idle_sigterm_exits_within_a_second() -> Result<(), String> {
+    let q = common::TestQueue::new(common::Backend::Sqs, "idle", common::Options::default()).await;
+    let mut worker = Running::start(&sqs_env(q.queue.url()));
+    worker.wait_for("worker started", Duration::from_secs(20))?;
+    std::thread::sleep(Duration::from_millis(500));
+    worker.signal(Signal::SIGTERM);
+    let (code, took) = worker.wait_exit(Duration::from_secs(5))?;
+    println!("    idle SIGTERM -> exit: {took:?}");
+    ensure(code == 0, || format!("exit code {code}"))?;
+    ensure(took < Duration::from_secs(1), || format!("idle shutdown took {took:?}"))
+}
+
+/// The embedded queue needs no AWS at all; SIGINT works like SIGTERM.
+async fn memory_queue_runs_without_aws() -> Result<(), String> {
+    let mut worker = Running::start(&[("HOLDFAST_QUEUE_URL", "memory://local".into())]);
+    worker.wait_for("worker started", Duration::from_secs(10))?;
+    worker.signal(Signal::SIGINT);
+    let (code, _) = worker.wait_exit(Duration::from_secs(5))?;
+    ensure(code == 0, || format!("exit code {code}; log:\n{}", worker.log.join("\n")))
+}
+
+/// A bad variable stops start-up, naming the variable and the accepted values.
+async fn a_bad_variable_stops_start_up() -> Result<(), String> {
+    let mut worker =
+        Running::start(&[("HOLDFAST_QUEUE_URL", "memory://local".into()), ("HOLDFAST_CONCURRENCY", "lots".into())]);
+    let (code, _) = worker.wait_exit(Duration::from_secs(5))?;
+    let log = worker.log.join("\n");
+    ensure(code == 2, || format!("exit code {code}"))?;
+    ensure(log.contains(r#"HOLDFAST_CONCURRENCY="lots" is invalid: expected a whole number from 1 to 10000"#), || {
+        log.clone()
+    })?;
+    let mut missing = Running::start(&[]);
+    let (code, _) = missing.wait_exit(Duration::from_secs(5))?;
+    let log = missing.log.join("\n");
+    ensure(code == 2 && log.contains("HOLDFAST_QUEUE_URL is not set"), || format!("exit {code}: {log}"))
+}
+
+fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("child") {
+        return child();
+    }
+    // `cargo test` passes harness flags; a name filter runs the matching tests only.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    type Case = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>>>>;
+    let cases: [(&str, Case); 4] = [
+        ("sigterm_mid_job_finishes_and_exits_zero", || Box::pin(sigterm_mid_job_finishes_and_exits_zero())),
+        ("idle_sigterm_exits_within_a_second", || Box::pin(idle_sigterm_exits_within_a_second())),
+        ("memory_queue_runs_without_aws", || Box::pin(memory_queue_runs_without_aws())),
+        ("a_bad_variable_stops_start_up", || Box::pin(a_bad_variable_stops_start_up())),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, case) in cases {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        match runtime.block_on(case()) {
+            Ok(()) => {
+                println!("test {name} ... ok");
+                passed += 1;
+            }
+            Err(why) => {
+                println!("test {name} ... FAILED\n{why}");
+                failed += 1;
+            }
+        }
+    }
+    println!("process: {passed} passed, {failed} failed");
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
