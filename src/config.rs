@@ -85,18 +85,29 @@ pub struct Config {
     /// message retried (default: none).
     pub handler_timeout: Option<Duration>,
     /// `HOLDFAST_DRAIN_TIMEOUT`: after a shutdown signal, how long running handlers may finish
-    /// (default 25 s, under ECS's default 30 s stop timeout).
+    /// (default: `HOLDFAST_STOP_TIMEOUT` less 5 s, or 25 s, under ECS's default 30 s stop
+    /// timeout).
     pub drain_timeout: Duration,
+    /// `HOLDFAST_STOP_TIMEOUT`: the container's ECS stop timeout (SIGTERM to SIGKILL), when
+    /// known. Set it from the same value as the task definition's `StopTimeout` and the
+    /// drain deadline follows it; a drain that would not end 5 s before it is refused.
+    pub stop_timeout: Option<Duration>,
     /// `HOLDFAST_BACKOFF_MIN`: visibility after a first failed attempt (default 2 s).
     pub backoff_min: Duration,
     /// `HOLDFAST_BACKOFF_MAX`: the cap on the failure backoff (default 5 min).
     pub backoff_max: Duration,
+    /// `HOLDFAST_BATCH_WINDOW`: while the queue has a backlog, how long a poller waits for
+    /// more free slots so one receive fetches up to ten messages (default 10 ms; 0 polls as
+    /// soon as one slot is free). Trades a little latency for fewer billed requests.
+    pub batch_window: Duration,
     /// `HOLDFAST_ACK_INTERVAL`: longest a delete waits to be batched (default 100 ms).
     pub ack_interval: Duration,
     /// `HOLDFAST_ACK_CONCURRENCY`: batch acknowledgement requests in flight at once (default 4).
     pub ack_concurrency: usize,
     /// `HOLDFAST_LOG_FORMAT`: `text` or `json` (default text).
     pub log_format: LogFormat,
+    /// `RUST_LOG`: which log lines to write, as a tracing filter (default `info`).
+    pub log_filter: Option<String>,
     /// ECS task scale-in protection settings (`HOLDFAST_PROTECTION*`).
     pub protection: ProtectionConfig,
 }
@@ -112,11 +123,14 @@ impl Default for Config {
             heartbeat_interval: default_heartbeat(visibility_timeout),
             handler_timeout: None,
             drain_timeout: Duration::from_secs(25),
+            stop_timeout: None,
             backoff_min: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
+            batch_window: Duration::from_millis(10),
             ack_interval: Duration::from_millis(100),
             ack_concurrency: 4,
             log_format: LogFormat::Text,
+            log_filter: None,
             protection: ProtectionConfig::default(),
         }
     }
@@ -135,13 +149,20 @@ pub const VARIABLES: &[&str] = &[
     "HOLDFAST_VISIBILITY_TIMEOUT",
     "HOLDFAST_HEARTBEAT_INTERVAL",
     "HOLDFAST_HANDLER_TIMEOUT",
+    "HOLDFAST_STOP_TIMEOUT",
     "HOLDFAST_DRAIN_TIMEOUT",
     "HOLDFAST_BACKOFF_MIN",
     "HOLDFAST_BACKOFF_MAX",
+    "HOLDFAST_BATCH_WINDOW",
     "HOLDFAST_ACK_INTERVAL",
     "HOLDFAST_ACK_CONCURRENCY",
     "HOLDFAST_LOG_FORMAT",
+    "RUST_LOG",
 ];
+
+/// Time kept between the end of the drain and ECS's SIGKILL: flushing acknowledgements and
+/// releasing protection.
+const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 const DURATION_FORMS: &str = "a duration such as 30, 30s, 500ms, 5m or 1h (a bare number is seconds)";
 
@@ -219,8 +240,26 @@ impl Config {
                 ),
             };
         }
+        if let Some(v) = get("HOLDFAST_STOP_TIMEOUT") {
+            let stop = parse_duration("HOLDFAST_STOP_TIMEOUT", &v, STOP_MARGIN * 2, MAX_VISIBILITY, true)?;
+            config.stop_timeout = Some(stop);
+            config.drain_timeout = stop - STOP_MARGIN;
+        }
         if let Some(v) = get("HOLDFAST_DRAIN_TIMEOUT") {
-            config.drain_timeout = parse_duration("HOLDFAST_DRAIN_TIMEOUT", &v, Duration::ZERO, MAX_VISIBILITY, true)?;
+            let max = config.stop_timeout.map_or(MAX_VISIBILITY, |stop| stop - STOP_MARGIN);
+            config.drain_timeout =
+                parse_duration("HOLDFAST_DRAIN_TIMEOUT", &v, Duration::ZERO, max, true).map_err(|e| {
+                    match config.stop_timeout {
+                        Some(_) => ConfigError {
+                            expected: format!(
+                                "{} (5 s under HOLDFAST_STOP_TIMEOUT, so acknowledgements flush before SIGKILL)",
+                                e.expected
+                            ),
+                            ..e
+                        },
+                        None => e,
+                    }
+                })?;
         }
         if let Some(v) = get("HOLDFAST_BACKOFF_MIN") {
             config.backoff_min = parse_duration("HOLDFAST_BACKOFF_MIN", &v, Duration::ZERO, MAX_VISIBILITY, true)?;
@@ -232,6 +271,10 @@ impl Config {
                 })?;
         } else if config.backoff_max < config.backoff_min {
             config.backoff_max = config.backoff_min;
+        }
+        if let Some(v) = get("HOLDFAST_BATCH_WINDOW") {
+            config.batch_window =
+                parse_duration("HOLDFAST_BATCH_WINDOW", &v, Duration::ZERO, Duration::from_secs(1), false)?;
         }
         if let Some(v) = get("HOLDFAST_ACK_INTERVAL") {
             config.ack_interval =
@@ -246,6 +289,16 @@ impl Config {
                 "json" => LogFormat::Json,
                 _ => return Err(ConfigError::new("HOLDFAST_LOG_FORMAT", Some(&v), "text or json")),
             };
+        }
+        if let Some(v) = get("RUST_LOG") {
+            if tracing_subscriber::EnvFilter::try_new(&v).is_err() {
+                return Err(ConfigError::new(
+                    "RUST_LOG",
+                    Some(&v),
+                    "a tracing filter: a level (error, warn, info, debug, trace) or target=level pairs, e.g. info,holdfast=debug",
+                ));
+            }
+            config.log_filter = Some(v);
         }
         config.protection = ProtectionConfig::from_lookup(&get)?;
         Ok(config)
@@ -317,11 +370,11 @@ pub(crate) fn human(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         "0s".into()
-    } else if ms % 3_600_000 == 0 {
+    } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1_000 == 0 {
+    } else if ms.is_multiple_of(1_000) {
         format!("{}s", ms / 1_000)
     } else {
         format!("{ms}ms")
@@ -381,6 +434,7 @@ mod tests {
             ("HOLDFAST_DRAIN_TIMEOUT", "100"),
             ("HOLDFAST_BACKOFF_MIN", "1s"),
             ("HOLDFAST_BACKOFF_MAX", "20m"),
+            ("HOLDFAST_BATCH_WINDOW", "0"),
             ("HOLDFAST_ACK_INTERVAL", "50ms"),
             ("HOLDFAST_ACK_CONCURRENCY", "1"),
             ("HOLDFAST_LOG_FORMAT", "JSON"),
@@ -395,6 +449,7 @@ mod tests {
         assert_eq!(c.drain_timeout, Duration::from_secs(100));
         assert_eq!(c.backoff_min, Duration::from_secs(1));
         assert_eq!(c.backoff_max, Duration::from_secs(1200));
+        assert_eq!(c.batch_window, Duration::ZERO);
         assert_eq!(c.ack_interval, Duration::from_millis(50));
         assert_eq!(c.ack_concurrency, 1);
         assert_eq!(c.log_format, LogFormat::Json);
@@ -416,12 +471,15 @@ mod tests {
             ("HOLDFAST_VISIBILITY_TIMEOUT", "soon", "duration"),
             ("HOLDFAST_HEARTBEAT_INTERVAL", "20s", "a third of HOLDFAST_VISIBILITY_TIMEOUT"),
             ("HOLDFAST_HANDLER_TIMEOUT", "forever", "or off"),
+            ("HOLDFAST_STOP_TIMEOUT", "5", "from 10s to 12h"),
             ("HOLDFAST_DRAIN_TIMEOUT", "-1", "duration"),
             ("HOLDFAST_BACKOFF_MIN", "1.5s", "duration"),
             ("HOLDFAST_BACKOFF_MAX", "13h", "not less than HOLDFAST_BACKOFF_MIN"),
+            ("HOLDFAST_BATCH_WINDOW", "2s", "from 0s to 1s"),
             ("HOLDFAST_ACK_INTERVAL", "1m", "from 0s to 10s"),
             ("HOLDFAST_ACK_CONCURRENCY", "100", "whole number from 1 to 64"),
             ("HOLDFAST_LOG_FORMAT", "xml", "text or json"),
+            ("RUST_LOG", "holdfast=loud", "a tracing filter"),
         ];
         for (variable, value, hint) in cases {
             let mut pairs = vec![URL];
@@ -439,6 +497,18 @@ mod tests {
         for variable in VARIABLES.iter().filter(|v| **v != "COPILOT_QUEUE_URI") {
             assert!(cases.iter().any(|(v, _, _)| v == variable), "{variable} has no bad-value case");
         }
+    }
+
+    #[test]
+    fn the_drain_deadline_follows_the_stop_timeout() {
+        let c = parse(&[URL, ("HOLDFAST_STOP_TIMEOUT", "120")]).unwrap();
+        assert_eq!(c.stop_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(c.drain_timeout, Duration::from_secs(115));
+        let c = parse(&[URL, ("HOLDFAST_STOP_TIMEOUT", "2m"), ("HOLDFAST_DRAIN_TIMEOUT", "90")]).unwrap();
+        assert_eq!(c.drain_timeout, Duration::from_secs(90));
+        let e = parse(&[URL, ("HOLDFAST_STOP_TIMEOUT", "30"), ("HOLDFAST_DRAIN_TIMEOUT", "28")]).unwrap_err();
+        assert_eq!(e.variable(), "HOLDFAST_DRAIN_TIMEOUT");
+        assert!(e.to_string().contains("from 0s to 25s") && e.to_string().contains("HOLDFAST_STOP_TIMEOUT"), "{e}");
     }
 
     #[test]

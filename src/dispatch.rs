@@ -85,10 +85,7 @@ impl Dispatcher {
             let call = AssertUnwindSafe(self.handler.handle(&message, &ctx).instrument(span.clone())).catch_unwind();
             let timed = async {
                 match self.config.handler_timeout {
-                    Some(limit) => match tokio::time::timeout(limit, call).await {
-                        Ok(result) => Some(result),
-                        Err(_) => None,
-                    },
+                    Some(limit) => tokio::time::timeout(limit, call).await.ok(),
                     None => Some(call.await),
                 }
             };

@@ -20,6 +20,9 @@ pub(crate) struct Poller {
     pub(crate) intake: CancellationToken,
     pub(crate) wait_time: Duration,
     pub(crate) visibility_timeout: Duration,
+    /// How many slots one receive tries to fill: ten, or fewer when the pool is smaller.
+    pub(crate) batch_target: usize,
+    pub(crate) batch_window: Duration,
 }
 
 impl Poller {
@@ -27,8 +30,9 @@ impl Poller {
     /// cannot heal (then the error, saying what to fix).
     pub(crate) async fn run(self) -> Result<(), Error> {
         let mut failures = 0u32;
+        let mut backlog = false;
         loop {
-            let Some(mut permits) = self.take_slots().await else { return Ok(()) };
+            let Some(mut permits) = self.take_slots(backlog).await else { return Ok(()) };
             let request = ReceiveRequest {
                 max_messages: permits.len(),
                 wait_time: self.wait_time,
@@ -44,6 +48,8 @@ impl Poller {
             match received {
                 Ok(messages) => {
                     failures = 0;
+                    // A full answer means more is waiting: worth filling the next receive.
+                    backlog = messages.len() >= permits.len();
                     for message in messages {
                         match permits.pop() {
                             Some(permit) => {
@@ -57,6 +63,7 @@ impl Poller {
                 Err(error) if error.is_permanent() => return Err(self.fatal(&error)),
                 Err(error) => {
                     failures += 1;
+                    backlog = false;
                     let pause = receive_backoff(failures);
                     tracing::warn!(%error, failures, pause_ms = pause.as_millis() as u64, "receive failed; backing off");
                     drop(permits);
@@ -70,8 +77,10 @@ impl Poller {
         }
     }
 
-    /// Waits for one free slot, then takes every other free one, up to a receive's ten.
-    async fn take_slots(&self) -> Option<Vec<OwnedSemaphorePermit>> {
+    /// Waits for one free slot, then takes every other free one, up to a receive's ten. With
+    /// a backlog, waits up to the batch window for slots that free up meanwhile, so that one
+    /// request fetches a full batch instead of several requests a message or two each.
+    async fn take_slots(&self, backlog: bool) -> Option<Vec<OwnedSemaphorePermit>> {
         let first = tokio::select! {
             biased;
             _ = self.intake.cancelled() => return None,
@@ -82,6 +91,17 @@ impl Poller {
             match self.slots.clone().try_acquire_owned() {
                 Ok(permit) => permits.push(permit),
                 Err(_) => break,
+            }
+        }
+        if backlog && permits.len() < self.batch_target && !self.batch_window.is_zero() {
+            let until = tokio::time::Instant::now() + self.batch_window;
+            while permits.len() < self.batch_target {
+                tokio::select! {
+                    biased;
+                    _ = self.intake.cancelled() => return None,
+                    permit = self.slots.clone().acquire_owned() => permits.push(permit.ok()?),
+                    _ = tokio::time::sleep_until(until) => break,
+                }
             }
         }
         Some(permits)
@@ -177,6 +197,8 @@ mod tests {
             intake,
             wait_time: Duration::ZERO,
             visibility_timeout: Duration::from_secs(30),
+            batch_target: 10,
+            batch_window: Duration::ZERO,
         };
         poller.run().await.unwrap();
         tracker.close();

@@ -80,7 +80,7 @@ impl Worker {
     /// [`Error::Config`] naming the first missing or invalid variable and its accepted values.
     pub fn from_env() -> Result<Self, Error> {
         let config = Config::from_env()?;
-        init_logging(config.log_format);
+        init_logging(&config);
         Ok(Self::new(config))
     }
 
@@ -175,6 +175,8 @@ impl Worker {
                 intake: intake.clone(),
                 wait_time: config.wait_time,
                 visibility_timeout: config.visibility_timeout,
+                batch_target: config.concurrency.min(BATCH_MAX),
+                batch_window: config.batch_window,
             };
             pollers.spawn(poller.run());
         }
@@ -257,13 +259,15 @@ impl Worker {
     }
 }
 
-/// Installs a global tracing subscriber writing to stderr in `format`, filtered by
-/// `RUST_LOG` (default `info`). Does nothing if one is already installed.
-pub fn init_logging(format: LogFormat) {
+/// Installs a global tracing subscriber writing to stderr in the configured format
+/// (`HOLDFAST_LOG_FORMAT`), filtered by the configured filter (`RUST_LOG`, default `info`).
+/// Does nothing if one is already installed.
+pub fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = config.log_filter.as_deref().and_then(|f| EnvFilter::try_new(f).ok());
+    let filter = filter.unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
+    let _ = match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         _ => builder.try_init(),
     };

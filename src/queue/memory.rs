@@ -1,6 +1,6 @@
 //! An embedded queue with SQS semantics, for local runs and for testing workers without AWS.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -39,7 +39,10 @@ struct Stored {
 
 #[derive(Debug, Default)]
 struct State {
-    messages: Vec<Stored>,
+    /// By sequence number: oldest first.
+    messages: BTreeMap<u64, Stored>,
+    /// The latest receipt of each in-flight message, to its sequence number.
+    receipts: HashMap<String, u64>,
     next_seq: u64,
     next_receipt: u64,
     dedup: HashMap<String, (Instant, String)>,
@@ -163,18 +166,18 @@ impl MemoryQueue {
     /// Messages that a receive could return now (visible, not delayed).
     pub fn visible_len(&self) -> usize {
         let now = Instant::now();
-        self.state().messages.iter().filter(|m| m.visible_at <= now).count()
+        self.state().messages.values().filter(|m| m.visible_at <= now).count()
     }
 
     /// Messages received and not yet visible again or deleted.
     pub fn in_flight_len(&self) -> usize {
         let now = Instant::now();
-        self.state().messages.iter().filter(|m| m.visible_at > now && m.receipt.is_some()).count()
+        self.state().messages.values().filter(|m| m.visible_at > now && m.receipt.is_some()).count()
     }
 
     /// The bodies of all messages held, oldest first.
     pub fn bodies(&self) -> Vec<String> {
-        self.state().messages.iter().map(|m| m.body.clone()).collect()
+        self.state().messages.values().map(|m| m.body.clone()).collect()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -224,18 +227,21 @@ impl MemoryQueue {
         if let Some(key) = dedup_key {
             state.dedup.insert(key, (now, id.clone()));
         }
-        state.messages.push(Stored {
+        state.messages.insert(
             seq,
-            id: id.clone(),
-            body: message.body.clone(),
-            attributes: message.attributes.clone(),
-            sent_at: SystemTime::now(),
-            group_id: message.group_id.clone(),
-            visible_at: now + message.delay,
-            receive_count: 0,
-            first_received: None,
-            receipt: None,
-        });
+            Stored {
+                seq,
+                id: id.clone(),
+                body: message.body.clone(),
+                attributes: message.attributes.clone(),
+                sent_at: SystemTime::now(),
+                group_id: message.group_id.clone(),
+                visible_at: now + message.delay,
+                receive_count: 0,
+                first_received: None,
+                receipt: None,
+            },
+        );
         drop(state);
         self.inner.arrived.notify_waiters();
         Ok(id)
@@ -250,54 +256,41 @@ impl MemoryQueue {
         } else {
             request.visibility_timeout
         };
+        let max_receives = self.inner.redrive.as_ref().map(|(_, max)| *max);
         let mut state = self.state();
-        let mut dead = Vec::new();
-        if let Some((_, max_receives)) = &self.inner.redrive {
-            let mut i = 0;
-            while i < state.messages.len() {
-                let m = &state.messages[i];
-                if m.visible_at <= now && m.receive_count >= *max_receives {
-                    dead.push(state.messages.remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-        }
-        // FIFO: a group with a message in flight is held; within a group, only the oldest
-        // messages are eligible, in order.
-        let mut held: HashSet<String> = HashSet::new();
-        if self.inner.fifo {
-            for m in &state.messages {
-                if m.visible_at > now && m.receipt.is_some() {
-                    if let Some(g) = &m.group_id {
-                        held.insert(g.clone());
-                    }
-                }
-            }
-        }
+        let State { messages, receipts, next_receipt, .. } = &mut *state;
         let mut out = Vec::new();
         let mut next_visible: Option<Instant> = None;
-        let mut blocked: HashSet<String> = HashSet::new();
-        let State { messages, next_receipt, .. } = &mut *state;
-        for m in messages.iter_mut() {
-            let group = m.group_id.clone().unwrap_or_default();
+        let mut dead = Vec::new();
+        // FIFO: a group is held from its first message that is not visible (in flight, or
+        // waiting to come back), so a group's messages go out in order.
+        let mut held: HashSet<&str> = HashSet::new();
+        for (seq, m) in messages.iter_mut() {
+            if out.len() >= request.max_messages {
+                break;
+            }
+            let group = m.group_id.as_deref();
             if m.visible_at > now {
                 next_visible = Some(next_visible.map_or(m.visible_at, |n| n.min(m.visible_at)));
-                if self.inner.fifo {
-                    blocked.insert(group);
+                if let (true, Some(g)) = (self.inner.fifo, group) {
+                    held.insert(g);
                 }
                 continue;
             }
-            if self.inner.fifo && (held.contains(&group) || blocked.contains(&group)) {
+            if self.inner.fifo && group.is_some_and(|g| held.contains(g)) {
                 continue;
             }
-            if out.len() >= request.max_messages {
-                break;
+            if max_receives.is_some_and(|max| m.receive_count >= max) {
+                dead.push(*seq);
+                continue;
             }
             m.receive_count += 1;
             *next_receipt += 1;
             let receipt = format!("{}:{}:{}", self.inner.instance, m.seq, next_receipt);
-            m.receipt = Some((receipt.clone(), now));
+            if let Some((old, _)) = m.receipt.replace((receipt.clone(), now)) {
+                receipts.remove(&old);
+            }
+            receipts.insert(receipt.clone(), *seq);
             m.visible_at = now + visibility;
             let first_received = *m.first_received.get_or_insert_with(SystemTime::now);
             let mut attributes = HashMap::from([
@@ -316,6 +309,15 @@ impl MemoryQueue {
             message.derive_system_fields();
             out.push(message);
         }
+        let dead: Vec<Stored> = dead
+            .iter()
+            .filter_map(|seq| messages.remove(seq))
+            .inspect(|m| {
+                if let Some((r, _)) = &m.receipt {
+                    receipts.remove(r);
+                }
+            })
+            .collect();
         drop(state);
         if let Some((dlq, _)) = &self.inner.redrive {
             for m in dead {
@@ -333,7 +335,7 @@ impl MemoryQueue {
         message.visible_at = Instant::now();
         message.receipt = None;
         message.receive_count = 0;
-        state.messages.push(message);
+        state.messages.insert(message.seq, message);
         drop(state);
         self.inner.arrived.notify_waiters();
     }
@@ -354,10 +356,6 @@ impl MemoryQueue {
             }
         }
         Ok(())
-    }
-
-    fn position(state: &State, receipt: &str) -> Option<usize> {
-        state.messages.iter().position(|m| m.receipt.as_ref().is_some_and(|(r, _)| r == receipt))
     }
 }
 
@@ -399,9 +397,9 @@ impl QueueBackend for MemoryQueue {
         let mut state = self.state();
         let mut failures = Vec::new();
         for e in entries {
-            match Self::position(&state, &e.receipt_handle) {
-                Some(i) => {
-                    state.messages.remove(i);
+            match state.receipts.remove(&e.receipt_handle) {
+                Some(seq) => {
+                    state.messages.remove(&seq);
                 }
                 // SQS accepts a well-formed receipt of an earlier delivery without deleting
                 // anything; it refuses one it never issued.
@@ -424,11 +422,11 @@ impl QueueBackend for MemoryQueue {
         let mut failures = Vec::new();
         let mut released = false;
         for e in entries {
-            let Some(i) = Self::position(&state, &e.receipt_handle) else {
+            let Some(m) = state.receipts.get(&e.receipt_handle).copied().and_then(|seq| state.messages.get_mut(&seq))
+            else {
                 failures.push(invalid_receipt(&e.id));
                 continue;
             };
-            let m = &mut state.messages[i];
             let received_at = m.receipt.as_ref().map_or(now, |(_, at)| *at);
             if m.visible_at <= now {
                 failures.push(BatchFailure {

@@ -1,0 +1,175 @@
+//! Figures for the README: throughput and CPU cost per message on the embedded queue, SQS
+//! requests per message at saturation against the local SQS server, and the time from
+//! SIGTERM to exit of an idle worker process. Run with `scripts/bench.sh`, which starts the
+//! server and builds the worker binary first.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use holdfast::{BoxError, Config, MemoryQueue, Outcome, OutgoingMessage, Queue, Worker, handler_fn};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::sync::Notify;
+
+/// CPU time (user + system, all threads) of this process so far, from /proc (Linux's
+/// USER_HZ is 100 ticks a second).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    let after_name = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// The worker's own requests: receives, deletes and visibility changes (not the preload).
+fn worker_requests(counts: holdfast::RequestCounts) -> u64 {
+    counts.receive + counts.delete + counts.change_visibility
+}
+
+async fn drain_queue(queue: Queue, total: u64, mut config: Config) -> Duration {
+    config.wait_time = Duration::from_secs(1);
+    let done = Arc::new(AtomicU64::new(0));
+    let all = Arc::new(Notify::new());
+    let (counter, signal) = (done.clone(), all.clone());
+    let handler = handler_fn(move |_m, _c| {
+        let (counter, signal) = (counter.clone(), signal.clone());
+        async move {
+            if counter.fetch_add(1, Ordering::Relaxed) + 1 == total {
+                signal.notify_one();
+            }
+            Ok::<_, BoxError>(Outcome::Ack)
+        }
+    });
+    let start = Instant::now();
+    let summary =
+        Worker::new(config).queue(queue).handler(handler).run_until(async move { all.notified().await }).await;
+    let took = start.elapsed();
+    let summary = summary.expect("worker run");
+    assert_eq!(summary.deleted, total, "every message deleted");
+    took
+}
+
+async fn embedded(concurrency: usize, total: u64) {
+    let memory = MemoryQueue::new(format!("bench-{concurrency}"));
+    let queue = Queue::memory(&memory);
+    for i in 0..total {
+        queue.send(OutgoingMessage::new(i.to_string())).await.unwrap();
+    }
+    let mut config = Config::default();
+    config.concurrency = concurrency;
+    let cpu_before = cpu_time();
+    let took = drain_queue(queue.clone(), total, config).await;
+    let cpu = cpu_time() - cpu_before;
+    assert!(memory.is_empty());
+    println!(
+        "embedded queue, no-op handler, concurrency {concurrency:>3}: {total} messages in {:.2} s = {:>7.0} msg/s, {:.1} µs CPU/msg, {:.3} requests/msg",
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64(),
+        cpu.as_micros() as f64 / total as f64,
+        worker_requests(queue.request_counts()) as f64 / total as f64,
+    );
+}
+
+async fn sqs_requests(endpoint: &str, concurrency: usize, total: u64) {
+    let client = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new("b", "b", None, None, "bench"))
+            .endpoint_url(endpoint)
+            .build(),
+    );
+    let name = format!("bench-{}-{concurrency}", std::process::id());
+    let url = client.create_queue().queue_name(&name).send().await.expect("create queue").queue_url.unwrap();
+    // Preload with batched sends so only the worker's own requests are counted below.
+    for chunk in (0..total).collect::<Vec<_>>().chunks(10) {
+        let entries = chunk
+            .iter()
+            .map(|i| {
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(format!("m{i}"))
+                    .message_body(i.to_string())
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        client.send_message_batch().queue_url(&url).set_entries(Some(entries)).send().await.expect("send batch");
+    }
+    let queue = Queue::sqs(client.clone(), url.clone());
+    let mut config = Config::default();
+    config.concurrency = concurrency;
+    config.ack_concurrency = 1; // moto loses concurrent deletes (DESIGN.md)
+    let took = drain_queue(queue.clone(), total, config).await;
+    let counts = queue.request_counts();
+    println!(
+        "local SQS server, no-op handler, concurrency {concurrency:>3}: {total} messages in {:.2} s; requests/msg {:.3} (receive {}, delete {}, visibility {})",
+        took.as_secs_f64(),
+        worker_requests(counts) as f64 / total as f64,
+        counts.receive,
+        counts.delete,
+        counts.change_visibility,
+    );
+    let _ = client.delete_queue().queue_url(url).send().await;
+}
+
+fn idle_sigterm_latency(worker: &str, runs: usize) {
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let mut child = Command::new(worker)
+            .env_clear()
+            .env("HOLDFAST_QUEUE_URL", "memory://idle")
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the worker binary");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains("worker started") => break,
+                Some(_) => {}
+                None => panic!("the worker exited before starting"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let sent = Instant::now();
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        let status = child.wait().unwrap();
+        samples.push(sent.elapsed());
+        assert!(status.success(), "exit status {status}");
+    }
+    samples.sort();
+    println!(
+        "idle worker process, SIGTERM -> exit over {runs} runs: median {:.1} ms, max {:.1} ms",
+        samples[runs / 2].as_secs_f64() * 1e3,
+        samples[runs - 1].as_secs_f64() * 1e3
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and wants a quick run.
+    let full = std::env::args().any(|a| a == "--bench");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let scale = if full { 1 } else { 20 };
+    runtime.block_on(async {
+        embedded(10, 50_000 / scale).await;
+        embedded(100, 50_000 / scale).await;
+    });
+    if !full {
+        return;
+    }
+    match std::env::var("HOLDFAST_TEST_SQS_ENDPOINT") {
+        Ok(endpoint) => runtime.block_on(async {
+            sqs_requests(&endpoint, 10, 300).await;
+            sqs_requests(&endpoint, 50, 300).await;
+        }),
+        Err(_) => println!("local SQS server figures skipped: run scripts/bench.sh, which starts it"),
+    }
+    match std::env::var("HOLDFAST_WORKER_BIN") {
+        Ok(bin) => idle_sigterm_latency(&bin, 20),
+        Err(_) => println!("SIGTERM latency skipped: run scripts/bench.sh, which builds the worker binary"),
+    }
+}
