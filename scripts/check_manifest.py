@@ -1152,7 +1152,7 @@ def check_addon(path: Path, r: Report, spec: WorkerSpec | None) -> set[str]:
         if ref in policies:
             continue
         resource_type = (resources.get(ref) or {}).get("Type") if isinstance(ref, str) else None
-        if resource_type in ("AWS::EC2::SecurityGroup", "AWS::SecretsManager::Secret"):
+        if resource_type == "AWS::EC2::SecurityGroup":  # attached to the service, not injected
             continue
         env_name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).upper()
         known = spec is not None and env_name in spec.rules
