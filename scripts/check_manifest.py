@@ -277,15 +277,16 @@ class WorkerSpec:
                 if found is not None:
                     self._add_variables(found, name)
                     protection_vars += found
-        if not protection_vars:
+        provisional = {k: v for k, v in self.PROVISIONAL_PROTECTION.items() if k not in self.rules}
+        if not protection_vars and provisional:
             # The protection module has not published its variables yet; accept the two
             # settings the deployment relies on, and nothing else, until it does.
-            for variable, values in self.PROVISIONAL_PROTECTION.items():
+            for variable, values in provisional.items():
                 self.variables.append(variable)
                 self.rules[variable] = Rule(variable, "provisional list in scripts/check_manifest.py", keywords=set(values))
             self.notes.append(
                 "src/protection declares no VARIABLES yet: accepting only "
-                + ", ".join(f"{k}={'|'.join(sorted(v))}" for k, v in self.PROVISIONAL_PROTECTION.items())
+                + ", ".join(f"{k}={'|'.join(sorted(v))}" for k, v in provisional.items())
                 + " until it does"
             )
 
@@ -512,7 +513,11 @@ class Report:
 
     def error(self, file: Path | str, where: str, message: str) -> None:
         line = f"ERROR {display(file)}: {where + ': ' if where else ''}{message}"
-        if line not in self.errors:
+        # An environment inherits the manifest's problems: report those once, without the
+        # "environments.<env>: " prefix.
+        inherited = re.sub(r"^environments\.[^:]+: ", "", where)
+        base = f"ERROR {display(file)}: {inherited + ': ' if inherited else ''}{message}"
+        if line not in self.errors and base not in self.errors:
             self.errors.append(line)
 
     def note(self, file: Path | str, message: str) -> None:
@@ -626,7 +631,9 @@ class ManifestChecker:
             self.r.error(f, "name", "required")
         else:
             if not SERVICE_NAME.match(name) or "--" in name or name.endswith("-"):
-                self.r.error(f, "name", f"{name!r}: lower-case letters, digits and single hyphens, starting with a letter")
+                self.r.error(
+                    f, "name", f"{name!r}: two or more lower-case letters, digits and single hyphens, starting with a letter"
+                )
             if workspace_name is not None and name != workspace_name:
                 self.r.error(f, "name", f"{name!r} must match its directory copilot/{workspace_name}/")
         if doc.get("type") != "Worker Service":
@@ -1016,7 +1023,7 @@ class ManifestChecker:
         if isinstance(queue, dict) and isinstance(queue.get("timeout"), str) and vis_var in self.spec.rules:
             queue_ns = go_duration(queue["timeout"])
             worker_ns = worker_duration(env[vis_var]) if vis_var in env else self.spec.default_of(vis_var, env)
-            if queue_ns is not None and worker_ns is not None and queue_ns != worker_ns:
+            if queue_ns is not None and queue_ns % SEC == 0 and worker_ns is not None and queue_ns != worker_ns:
                 self.r.error(
                     f, f"{p}subscribe.queue.timeout",
                     f"{queue['timeout']} differs from the worker's {vis_var} ({human(worker_ns)}): the worker receives "
@@ -1308,6 +1315,12 @@ def main(argv: list[str]) -> int:
             print(f"checked {display(a)}")
     except CheckerBroken as e:
         print(f"BROKEN: {e}", file=sys.stderr)
+        return 2
+    except Exception:  # a bug in the checker must not read as a verdict on the assets
+        import traceback
+
+        traceback.print_exc()
+        print("BROKEN: scripts/check_manifest.py failed unexpectedly (see above)", file=sys.stderr)
         return 2
 
     for line in report.notes:
