@@ -971,7 +971,10 @@ class ManifestChecker:
                 unchecked.append(name)
                 continue
             if isinstance(raw, bool):
-                self.r.error(f, where, f"YAML reads the unquoted value as the boolean {raw}: quote it")
+                self.r.error(
+                    f, where, f"unquoted, YAML 1.1 tools read this value as the boolean {raw} "
+                    "(Copilot's parser may not): quote it so every tool reads the same string"
+                )
                 continue
             if isinstance(raw, float) or not isinstance(raw, (str, int)):
                 self.r.error(f, where, f"must be a string, not {raw!r}")
