@@ -11,6 +11,8 @@ moto_install
 moto_start
 trap moto_stop EXIT
 
+echo "== deployment assets (Dockerfile, Copilot manifests and addons)"
+scripts/validate-deploy.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
