@@ -335,7 +335,7 @@ mod tests {
             fail_once: Mutex::new(vec![messages[3].receipt_handle.clone(), messages[7].receipt_handle.clone()]),
             calls: Mutex::new(Vec::new()),
         };
-        let queue = Queue::from_backend("memory://partial".into(), flaky);
+        let queue = Queue::from_backend("memory://partial".into(), false, flaky);
         let (acker, stats, task) = Acker::spawn(queue.clone(), Duration::from_millis(100), 4);
         for m in &messages {
             acker.delete(m);

@@ -3,6 +3,7 @@
 //! Parsing takes a lookup function (`Fn(&str) -> Option<String>`), so tests hand in a map
 //! and never touch the process environment.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -70,6 +71,17 @@ pub struct Config {
     /// `HOLDFAST_QUEUE_URL`, else Copilot's `COPILOT_QUEUE_URI`: an SQS queue URL, or
     /// `memory://NAME` for the embedded in-memory queue.
     pub queue_url: Option<String>,
+    /// `HOLDFAST_DEAD_LETTER_QUEUE_URL`: where messages that cannot succeed (a body that
+    /// does not decode, a [`Permanent`](crate::Permanent) error) go at once, with the reason.
+    /// Without it they back off until the queue's redrive policy moves them.
+    pub dead_letter_queue_url: Option<String>,
+    /// `COPILOT_TOPIC_QUEUE_URIS`: Copilot's topic-specific queues, by name (e.g.
+    /// `merchantOrdersEventsQueue`), for [`Route::topic`](crate::Route::topic).
+    pub topic_queues: BTreeMap<String, String>,
+    /// `HOLDFAST_EXIT_WHEN_IDLE`: return from `run` once no message has arrived and none has
+    /// been in flight for this long, for workers run as scheduled one-off tasks (default:
+    /// never).
+    pub exit_when_idle: Option<Duration>,
     /// `HOLDFAST_CONCURRENCY`: handlers running at once (default 10).
     pub concurrency: usize,
     /// `HOLDFAST_WAIT_TIME`: long-poll wait per receive, 0 to 20 s (default 20 s).
@@ -117,6 +129,9 @@ impl Default for Config {
         let visibility_timeout = Duration::from_secs(30);
         Self {
             queue_url: None,
+            dead_letter_queue_url: None,
+            topic_queues: BTreeMap::new(),
+            exit_when_idle: None,
             concurrency: 10,
             wait_time: Duration::from_secs(20),
             visibility_timeout,
@@ -144,6 +159,9 @@ fn default_heartbeat(visibility: Duration) -> Duration {
 pub const VARIABLES: &[&str] = &[
     "HOLDFAST_QUEUE_URL",
     "COPILOT_QUEUE_URI",
+    "HOLDFAST_DEAD_LETTER_QUEUE_URL",
+    "COPILOT_TOPIC_QUEUE_URIS",
+    "HOLDFAST_EXIT_WHEN_IDLE",
     "HOLDFAST_CONCURRENCY",
     "HOLDFAST_WAIT_TIME",
     "HOLDFAST_VISIBILITY_TIMEOUT",
@@ -206,6 +224,28 @@ impl Config {
             },
         };
         config.queue_url = Some(parse_queue_url(variable, url.trim())?);
+        if let Some(v) = get("HOLDFAST_DEAD_LETTER_QUEUE_URL") {
+            config.dead_letter_queue_url = Some(parse_queue_url("HOLDFAST_DEAD_LETTER_QUEUE_URL", v.trim())?);
+        }
+        if let Some(v) = get("COPILOT_TOPIC_QUEUE_URIS") {
+            let expected = "a JSON object of queue names to queue URLs, as Copilot writes it, e.g. {\"merchantOrdersEventsQueue\": \"https://sqs.REGION.amazonaws.com/ACCOUNT/QUEUE\"}";
+            let map: BTreeMap<String, String> = serde_json::from_str(&v)
+                .map_err(|_| ConfigError::new("COPILOT_TOPIC_QUEUE_URIS", Some(&v), expected))?;
+            for url in map.values() {
+                parse_queue_url("COPILOT_TOPIC_QUEUE_URIS", url)
+                    .map_err(|_| ConfigError::new("COPILOT_TOPIC_QUEUE_URIS", Some(&v), expected))?;
+            }
+            config.topic_queues = map;
+        }
+        if let Some(v) = get("HOLDFAST_EXIT_WHEN_IDLE") {
+            config.exit_when_idle = match v.trim() {
+                "off" | "never" => None,
+                _ => Some(
+                    parse_duration("HOLDFAST_EXIT_WHEN_IDLE", &v, Duration::from_secs(1), MAX_VISIBILITY, false)
+                        .map_err(|e| ConfigError { expected: format!("{}, or off", e.expected), ..e })?,
+                ),
+            };
+        }
 
         if let Some(v) = get("HOLDFAST_CONCURRENCY") {
             config.concurrency = parse_int("HOLDFAST_CONCURRENCY", &v, 1, 10_000)?;
@@ -463,6 +503,10 @@ mod tests {
             ("HOLDFAST_QUEUE_URL", "sqs://nope", "memory://NAME"),
             ("HOLDFAST_QUEUE_URL", "memory://", "memory://NAME"),
             ("HOLDFAST_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/", "SQS queue URL"),
+            ("HOLDFAST_DEAD_LETTER_QUEUE_URL", "dlq", "memory://NAME"),
+            ("COPILOT_TOPIC_QUEUE_URIS", "[\"not a map\"]", "JSON object of queue names to queue URLs"),
+            ("COPILOT_TOPIC_QUEUE_URIS", "{\"orders\": \"nope\"}", "JSON object of queue names to queue URLs"),
+            ("HOLDFAST_EXIT_WHEN_IDLE", "soon", "or off"),
             ("HOLDFAST_CONCURRENCY", "0", "whole number from 1 to 10000"),
             ("HOLDFAST_CONCURRENCY", "ten", "whole number from 1 to 10000"),
             ("HOLDFAST_WAIT_TIME", "21", "from 0s to 20s"),
@@ -490,7 +534,7 @@ mod tests {
             let err = parse(&pairs).expect_err(&format!("{variable}={value} must be refused"));
             assert_eq!(err.variable(), *variable, "{err}");
             let text = err.to_string();
-            assert!(text.starts_with(&format!("{variable}=\"{value}\" is invalid: expected")), "{text}");
+            assert!(text.starts_with(&format!("{variable}={value:?} is invalid: expected")), "{text}");
             assert!(text.contains(hint), "{variable}: {text:?} should mention {hint:?}");
         }
         // every variable in the public list is exercised above, except the Copilot alias
@@ -509,6 +553,24 @@ mod tests {
         let e = parse(&[URL, ("HOLDFAST_STOP_TIMEOUT", "30"), ("HOLDFAST_DRAIN_TIMEOUT", "28")]).unwrap_err();
         assert_eq!(e.variable(), "HOLDFAST_DRAIN_TIMEOUT");
         assert!(e.to_string().contains("from 0s to 25s") && e.to_string().contains("HOLDFAST_STOP_TIMEOUT"), "{e}");
+    }
+
+    #[test]
+    fn copilot_topic_queues_are_read() {
+        let c = parse(&[
+            URL,
+            (
+                "COPILOT_TOPIC_QUEUE_URIS",
+                r#"{"merchantOrdersEventsQueue":"https://sqs.eu-central-1.amazonaws.com/1/orders","merchantTransactionsfifoEventsQueue":"https://sqs.eu-central-1.amazonaws.com/1/tx.fifo"}"#,
+            ),
+            ("HOLDFAST_DEAD_LETTER_QUEUE_URL", "https://sqs.eu-central-1.amazonaws.com/1/dlq"),
+            ("HOLDFAST_EXIT_WHEN_IDLE", "30s"),
+        ])
+        .unwrap();
+        assert_eq!(c.topic_queues.len(), 2);
+        assert_eq!(c.topic_queues["merchantOrdersEventsQueue"], "https://sqs.eu-central-1.amazonaws.com/1/orders");
+        assert_eq!(c.dead_letter_queue_url.as_deref(), Some("https://sqs.eu-central-1.amazonaws.com/1/dlq"));
+        assert_eq!(c.exit_when_idle, Some(Duration::from_secs(30)));
     }
 
     #[test]

@@ -15,18 +15,18 @@ use crate::lease::LeaseHandle;
 #[derive(Clone, Debug)]
 pub struct Context {
     token: CancellationToken,
-    lease: Option<Arc<LeaseHandle>>,
+    leases: Arc<[Arc<LeaseHandle>]>,
 }
 
 impl Context {
-    pub(crate) fn new(token: CancellationToken, lease: Arc<LeaseHandle>) -> Self {
-        Self { token, lease: Some(lease) }
+    pub(crate) fn new(token: CancellationToken, leases: Vec<Arc<LeaseHandle>>) -> Self {
+        Self { token, leases: leases.into() }
     }
 
     /// A context bound to no queue, for unit tests of handlers: it is never cancelled unless
     /// the test cancels [`token`](Self::token), and lease extensions do nothing.
     pub fn detached() -> Self {
-        Self { token: CancellationToken::new(), lease: None }
+        Self { token: CancellationToken::new(), leases: Arc::new([]) }
     }
 
     /// The cancellation token for this message.
@@ -44,8 +44,9 @@ impl Context {
         self.token.is_cancelled()
     }
 
-    /// Makes the message invisible for `visibility` from now, at once, and has the heartbeat
-    /// keep extending it by that much from then on. Useful when a handler knows a step will
+    /// Makes the message (for a batch handler, every message of the batch) invisible for
+    /// `visibility` from now, at once, and has the heartbeat keep extending it by that much
+    /// from then on. Useful when a handler knows a step will
     /// take long. The time is capped so the message never stays in flight beyond SQS's
     /// 12 hours since it was received.
     ///
@@ -53,9 +54,9 @@ impl Context {
     ///
     /// The queue refused the change (the lease is lost, or the 12-hour limit is reached).
     pub async fn extend_visibility(&self, visibility: Duration) -> Result<(), crate::Error> {
-        match &self.lease {
-            Some(lease) => lease.extend(visibility).await,
-            None => Ok(()),
+        for lease in self.leases.iter() {
+            lease.extend(visibility).await?;
         }
+        Ok(())
     }
 }

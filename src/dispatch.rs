@@ -1,6 +1,10 @@
-//! Runs one message through the handler and turns the result into an acknowledgement.
+//! Runs messages through their handler and turns each result into an acknowledgement.
+//!
+//! Three shapes share one core: a message alone (standard queues), the messages of one
+//! FIFO group in order, and a batch for a [`BatchHandler`].
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,8 +18,16 @@ use tracing::Instrument;
 use crate::acker::Acker;
 use crate::backoff::failure_backoff;
 use crate::config::MAX_VISIBILITY;
-use crate::lease::Leases;
-use crate::{BoxError, Config, Context, Handler, Message, Outcome};
+use crate::lease::{LeaseHandle, Leases};
+use crate::outcome::is_permanent;
+use crate::queue::OutgoingMessage;
+use crate::{BatchHandler, BoxError, Config, Context, Handler, Message, MessageAttribute, Outcome, Queue};
+
+/// SQS's limit of message attributes on one message.
+const MAX_ATTRIBUTES: usize = 10;
+/// Attribute names the dead-letter copy carries.
+pub(crate) const REASON_ATTRIBUTE: &str = "holdfast.failure";
+pub(crate) const SOURCE_ATTRIBUTE: &str = "holdfast.source";
 
 /// Counts for the run's [`Summary`](crate::Summary).
 #[derive(Debug, Default)]
@@ -25,11 +37,21 @@ pub(crate) struct Counters {
     pub(crate) retried: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) released: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
 }
 
-/// Everything a message task needs, shared by all of them.
+/// The handler of a route.
+#[derive(Clone)]
+pub(crate) enum Work {
+    One(Arc<dyn Handler>),
+    Batch(Arc<dyn BatchHandler>),
+}
+
+/// Everything the message tasks of one queue need, shared by all of them.
 pub(crate) struct Dispatcher {
-    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) work: Work,
+    pub(crate) queue: Queue,
+    pub(crate) dead_letter: Option<Queue>,
     pub(crate) acker: Acker,
     pub(crate) leases: Leases,
     pub(crate) config: Arc<Config>,
@@ -41,10 +63,19 @@ pub(crate) struct Dispatcher {
 }
 
 enum Attempt {
-    Finished(Result<Outcome, BoxError>),
+    Finished(Vec<Result<Outcome, BoxError>>),
     Panicked(String),
     TimedOut(Duration),
     Interrupted,
+}
+
+/// How a message's attempt ended, for FIFO ordering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// Deleted (handled, or copied to the dead-letter queue).
+    Done,
+    /// Coming back later: later messages of its FIFO group must not overtake it.
+    Pending,
 }
 
 fn panic_text(payload: &(dyn Any + Send)) -> String {
@@ -55,22 +86,54 @@ fn panic_text(payload: &(dyn Any + Send)) -> String {
         .unwrap_or_else(|| "non-text panic payload".to_owned())
 }
 
-/// How long the message may still stay in flight under SQS's 12-hour limit.
-fn time_left(message: &Message) -> Duration {
-    (message.received_at + MAX_VISIBILITY).saturating_duration_since(tokio::time::Instant::now())
+/// How long the message may still stay in flight under SQS's 12-hour limit, in whole
+/// seconds no longer than `wanted`.
+fn within_cap(message: &Message, wanted: Duration) -> Duration {
+    let left = (message.received_at + MAX_VISIBILITY).saturating_duration_since(tokio::time::Instant::now());
+    Duration::from_secs(wanted.min(left).as_secs())
 }
 
 impl Dispatcher {
-    /// Releases a message that will not be handled by this worker: visible again at once.
+    /// Releases a message that this worker will not handle: visible again at once.
     pub(crate) fn release(&self, message: &Message) {
         self.counters.released.fetch_add(1, Ordering::Relaxed);
         self.acker.change_visibility(message, Duration::ZERO);
     }
 
-    /// Handles `message`, holding `permit` (its slot in the pool) until done.
-    pub(crate) async fn run(self: Arc<Self>, message: Message, permit: OwnedSemaphorePermit) {
-        let _permit = permit;
-        self.counters.received.fetch_add(1, Ordering::Relaxed);
+    /// Hands out the messages of one receive: each alone, by FIFO group, or as one batch.
+    /// `permits` holds one slot per message.
+    pub(crate) fn dispatch(
+        self: &Arc<Self>,
+        messages: Vec<Message>,
+        mut permits: Vec<OwnedSemaphorePermit>,
+        tracker: &tokio_util::task::TaskTracker,
+    ) {
+        self.counters.received.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        if matches!(self.work, Work::Batch(_)) {
+            tracker.spawn(self.clone().run_batch(messages, permits));
+        } else if self.queue.is_fifo() {
+            let mut groups: Vec<(Option<String>, Vec<Message>)> = Vec::new();
+            let mut index: HashMap<Option<String>, usize> = HashMap::new();
+            for message in messages {
+                let key = message.group_id.clone();
+                let i = *index.entry(key.clone()).or_insert_with(|| {
+                    groups.push((key, Vec::new()));
+                    groups.len() - 1
+                });
+                groups[i].1.push(message);
+            }
+            for (_, group) in groups {
+                let slots = permits.split_off(permits.len() - group.len());
+                tracker.spawn(self.clone().run_group(group, slots));
+            }
+        } else {
+            for (message, permit) in messages.into_iter().zip(permits) {
+                tracker.spawn(self.clone().run_one(message, permit));
+            }
+        }
+    }
+
+    async fn run_one(self: Arc<Self>, message: Message, _permit: OwnedSemaphorePermit) {
         if self.intake.is_cancelled() {
             tracing::debug!(message_id = %message.id, "shutting down: released unstarted message");
             self.release(&message);
@@ -78,65 +141,212 @@ impl Dispatcher {
         }
         let token = self.deadline.child_token();
         let lease = Arc::new(self.leases.register(&message, token.clone()));
-        let ctx = Context::new(token.clone(), lease.clone());
-        let span = tracing::info_span!("message", message_id = %message.id, receive_count = message.receive_count);
-        let attempt = {
-            span.in_scope(|| tracing::debug!("handler started"));
-            let call = AssertUnwindSafe(self.handler.handle(&message, &ctx).instrument(span.clone())).catch_unwind();
-            let timed = async {
-                match self.config.handler_timeout {
-                    Some(limit) => tokio::time::timeout(limit, call).await.ok(),
-                    None => Some(call.await),
-                }
-            };
-            tokio::select! {
-                biased;
-                _ = self.deadline.cancelled() => Attempt::Interrupted,
-                result = timed => match result {
-                    Some(Ok(result)) => Attempt::Finished(result),
-                    Some(Err(payload)) => Attempt::Panicked(panic_text(payload.as_ref())),
-                    None => Attempt::TimedOut(self.config.handler_timeout.unwrap_or_default()),
-                },
+        self.handle(&message, lease, token).await;
+    }
+
+    /// The messages of one FIFO group, in order. A message that does not complete holds
+    /// back the rest: they are released so SQS delivers them again, in order, after it.
+    async fn run_group(self: Arc<Self>, group: Vec<Message>, mut permits: Vec<OwnedSemaphorePermit>) {
+        // Every message's visibility clock runs from the receive: lease them all now.
+        let tokens: Vec<CancellationToken> = group.iter().map(|_| self.deadline.child_token()).collect();
+        let mut leases: Vec<Option<Arc<LeaseHandle>>> =
+            group.iter().zip(&tokens).map(|(m, t)| Some(Arc::new(self.leases.register(m, t.clone())))).collect();
+        let mut blocked = false;
+        for (i, message) in group.iter().enumerate() {
+            let lease = leases[i].take().expect("each lease used once");
+            if blocked || self.intake.is_cancelled() {
+                drop(lease);
+                tracing::debug!(message_id = %message.id, "released to keep its FIFO group in order");
+                self.release(message);
+            } else if self.handle(message, lease, tokens[i].clone()).await == Settled::Pending {
+                blocked = true;
             }
-        };
+            permits.pop();
+        }
+    }
+
+    async fn handle(&self, message: &Message, lease: Arc<LeaseHandle>, token: CancellationToken) -> Settled {
+        let span = tracing::info_span!("message", message_id = %message.id, receive_count = message.receive_count);
+        let ctx = Context::new(token.clone(), vec![lease.clone()]);
+        let Work::One(handler) = &self.work else { unreachable!("batch routes use run_batch") };
+        let call = async { vec![handler.handle(message, &ctx).await] };
+        let attempt = self.attempt(call.instrument(span.clone())).await;
         token.cancel();
         let lost = lease.is_lost();
         drop(ctx);
         drop(lease);
-        let _entered = span.enter();
-        match attempt {
-            Attempt::Finished(Ok(Outcome::Ack)) => {
+        let result = match attempt {
+            Attempt::Finished(mut results) => Ok(results.pop().expect("one result")),
+            Attempt::Panicked(text) => Err(format!("handler panicked: {text}")),
+            Attempt::TimedOut(limit) => Err(format!("handler timed out after {}", crate::config::human(limit))),
+            Attempt::Interrupted => {
+                let _entered = span.enter();
+                tracing::warn!("drain deadline passed: handler stopped, message released");
+                self.release(message);
+                return Settled::Pending;
+            }
+        };
+        self.settle(message, result, lost).instrument(span).await
+    }
+
+    async fn run_batch(self: Arc<Self>, messages: Vec<Message>, _permits: Vec<OwnedSemaphorePermit>) {
+        if self.intake.is_cancelled() {
+            for message in &messages {
+                self.release(message);
+            }
+            return;
+        }
+        let token = self.deadline.child_token();
+        let leases: Vec<Arc<LeaseHandle>> =
+            messages.iter().map(|m| Arc::new(self.leases.register(m, token.clone()))).collect();
+        let ctx = Context::new(token.clone(), leases.clone());
+        let Work::Batch(handler) = &self.work else { unreachable!("single routes use run_one") };
+        let span = tracing::info_span!("batch", messages = messages.len());
+        let attempt = self.attempt(handler.handle_batch(&messages, &ctx).instrument(span.clone())).await;
+        token.cancel();
+        let lost: Vec<bool> = leases.iter().map(|l| l.is_lost()).collect();
+        drop(ctx);
+        drop(leases);
+        let mut results: Vec<Result<Result<Outcome, BoxError>, String>> = match attempt {
+            Attempt::Finished(results) => results.into_iter().map(Ok).collect(),
+            Attempt::Panicked(text) => {
+                messages.iter().map(|_| Err(format!("batch handler panicked: {text}"))).collect()
+            }
+            Attempt::TimedOut(limit) => messages
+                .iter()
+                .map(|_| Err(format!("batch handler timed out after {}", crate::config::human(limit))))
+                .collect(),
+            Attempt::Interrupted => {
+                tracing::warn!(messages = messages.len(), "drain deadline passed: batch stopped, messages released");
+                for message in &messages {
+                    self.release(message);
+                }
+                return;
+            }
+        };
+        if results.len() != messages.len() {
+            let _entered = span.enter();
+            tracing::error!(
+                expected = messages.len(),
+                got = results.len(),
+                "batch handler returned the wrong number of results"
+            );
+        }
+        results.resize_with(messages.len(), || Err("the batch handler returned no result for this message".into()));
+        results.truncate(messages.len());
+        for ((message, result), lost) in messages.iter().zip(results).zip(lost) {
+            let span = tracing::info_span!("message", message_id = %message.id, receive_count = message.receive_count);
+            self.settle(message, result, lost).instrument(span).await;
+        }
+    }
+
+    /// Runs the handler call under the timeout, catching panics, stopping at the deadline.
+    async fn attempt<F>(&self, call: F) -> Attempt
+    where
+        F: std::future::Future<Output = Vec<Result<Outcome, BoxError>>>,
+    {
+        let call = AssertUnwindSafe(call).catch_unwind();
+        let timed = async {
+            match self.config.handler_timeout {
+                Some(limit) => tokio::time::timeout(limit, call).await.ok(),
+                None => Some(call.await),
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = self.deadline.cancelled() => Attempt::Interrupted,
+            result = timed => match result {
+                Some(Ok(results)) => Attempt::Finished(results),
+                Some(Err(payload)) => Attempt::Panicked(panic_text(payload.as_ref())),
+                None => Attempt::TimedOut(self.config.handler_timeout.unwrap_or_default()),
+            },
+        }
+    }
+
+    /// Acknowledges, re-times or dead-letters one message after its attempt. `Err(text)` is
+    /// a failure the runtime saw (panic, timeout); `Ok(Err(e))` one the handler returned.
+    async fn settle(
+        &self,
+        message: &Message,
+        result: Result<Result<Outcome, BoxError>, String>,
+        lost: bool,
+    ) -> Settled {
+        match result {
+            Ok(Ok(Outcome::Ack)) => {
                 self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("handled; deleting");
-                self.acker.delete(&message);
+                self.acker.delete(message);
+                Settled::Done
             }
-            Attempt::Finished(Ok(Outcome::Retry(after))) => {
+            Ok(Ok(Outcome::Retry(after))) => {
                 self.counters.retried.fetch_add(1, Ordering::Relaxed);
-                let after = Duration::from_secs(after.min(time_left(&message)).as_secs());
+                let after = within_cap(message, after);
                 tracing::info!(retry_in_s = after.as_secs(), "handler asked to retry");
                 if !lost {
-                    self.acker.change_visibility(&message, after);
+                    self.acker.change_visibility(message, after);
+                }
+                Settled::Pending
+            }
+            Ok(Err(error)) if is_permanent(&error) && self.dead_letter.is_some() && !lost => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                let reason = format!("handler failed, not retryable: {error}");
+                match self.dead_letter(message, &reason).await {
+                    Ok(()) => Settled::Done,
+                    Err(()) => self.back_off(message, lost, &reason),
                 }
             }
-            Attempt::Finished(Err(error)) => self.fail(&message, lost, &format!("handler failed: {error}")),
-            Attempt::Panicked(text) => self.fail(&message, lost, &format!("handler panicked: {text}")),
-            Attempt::TimedOut(limit) => {
-                self.fail(&message, lost, &format!("handler timed out after {}", crate::config::human(limit)))
+            Ok(Err(error)) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                self.back_off(message, lost, &format!("handler failed: {error}"))
             }
-            Attempt::Interrupted => {
-                tracing::warn!("drain deadline passed: handler stopped, message released");
-                self.release(&message);
+            Err(text) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                self.back_off(message, lost, &text)
             }
         }
     }
 
-    fn fail(&self, message: &Message, lost: bool, reason: &str) {
-        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+    fn back_off(&self, message: &Message, lost: bool, reason: &str) -> Settled {
         let backoff = failure_backoff(message.receive_count, self.config.backoff_min, self.config.backoff_max);
-        let backoff = Duration::from_secs(backoff.min(time_left(message)).as_secs());
+        let backoff = within_cap(message, backoff);
         tracing::warn!(retry_in_s = backoff.as_secs(), "{reason}");
         if !lost {
             self.acker.change_visibility(message, backoff);
+        }
+        Settled::Pending
+    }
+
+    /// Copies the message, as it sits in the queue, to the dead-letter queue with its
+    /// attributes and the reason, then deletes it: in that order, so a failure loses
+    /// nothing.
+    async fn dead_letter(&self, message: &Message, reason: &str) -> Result<(), ()> {
+        let dlq = self.dead_letter.as_ref().expect("checked by the caller");
+        let mut copy = OutgoingMessage::new(message.raw_body());
+        // As the message sits in the queue: an SNS envelope keeps its own attributes inside.
+        copy.attributes = message.queue_attributes.clone().unwrap_or_else(|| message.message_attributes.clone());
+        let reason_text: String = reason.chars().take(1024).collect();
+        for (name, value) in
+            [(REASON_ATTRIBUTE, reason_text), (SOURCE_ATTRIBUTE, format!("{} {}", self.queue.url(), message.id))]
+        {
+            if copy.attributes.len() < MAX_ATTRIBUTES {
+                copy.attributes.insert(name.to_owned(), MessageAttribute::string(value));
+            }
+        }
+        if dlq.is_fifo() {
+            copy.group_id = Some(message.group_id.clone().unwrap_or_else(|| "holdfast".into()));
+            copy.deduplication_id = Some(message.id.clone());
+        }
+        match dlq.send(copy).await {
+            Ok(id) => {
+                self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(dead_letter_queue = dlq.url(), dead_letter_id = %id, "{reason}: moved to the dead-letter queue");
+                self.acker.delete(message);
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not copy the message to the dead-letter queue; it stays in its queue");
+                Err(())
+            }
         }
     }
 }

@@ -81,6 +81,38 @@ impl MessageAttribute {
     }
 }
 
+/// The SNS notification a message arrived in, when it was delivered through an SNS
+/// subscription without raw message delivery (as Copilot's topic subscriptions are).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnsNotification {
+    pub(crate) topic_arn: String,
+    pub(crate) message_id: String,
+    pub(crate) subject: Option<String>,
+    pub(crate) timestamp: Option<String>,
+}
+
+impl SnsNotification {
+    /// The topic the message was published to.
+    pub fn topic_arn(&self) -> &str {
+        &self.topic_arn
+    }
+
+    /// SNS's message id (the SQS message id is [`Message::id`]).
+    pub fn message_id(&self) -> &str {
+        &self.message_id
+    }
+
+    /// The subject the publisher set, if any.
+    pub fn subject(&self) -> Option<&str> {
+        self.subject.as_deref()
+    }
+
+    /// When SNS accepted the message (ISO 8601, as SNS writes it).
+    pub fn timestamp(&self) -> Option<&str> {
+        self.timestamp.as_deref()
+    }
+}
+
 /// One received message.
 ///
 /// The receipt handle stays inside the runtime: handlers answer with an
@@ -94,6 +126,11 @@ pub struct Message {
     pub(crate) receive_count: u32,
     pub(crate) sent_timestamp: Option<SystemTime>,
     pub(crate) group_id: Option<String>,
+    /// The body as it sits in the queue, when it differs from `body` (an SNS envelope).
+    pub(crate) raw_body: Option<String>,
+    pub(crate) sns: Option<SnsNotification>,
+    /// The SQS message attributes, when SNS's were merged into `message_attributes`.
+    pub(crate) queue_attributes: Option<HashMap<String, MessageAttribute>>,
     pub(crate) receipt_handle: String,
     /// When this delivery was received: SQS caps a message's time in flight at 12 hours
     /// from here.
@@ -112,6 +149,9 @@ impl Message {
             receive_count: 1,
             sent_timestamp: Some(SystemTime::now()),
             group_id: None,
+            raw_body: None,
+            sns: None,
+            queue_attributes: None,
             receipt_handle: String::new(),
             received_at: tokio::time::Instant::now(),
         }
@@ -136,9 +176,21 @@ impl Message {
         &self.id
     }
 
-    /// The body, as sent.
+    /// The body, as sent. For a message delivered through an SNS subscription, the
+    /// published message, unwrapped from SNS's envelope (see [`sns`](Self::sns)).
     pub fn body(&self) -> &str {
         &self.body
+    }
+
+    /// The body exactly as it sits in the queue: the SNS envelope for a message delivered
+    /// through SNS, else the same as [`body`](Self::body).
+    pub fn raw_body(&self) -> &str {
+        self.raw_body.as_deref().unwrap_or(&self.body)
+    }
+
+    /// The SNS notification this message arrived in, if it came through an SNS subscription.
+    pub fn sns(&self) -> Option<&SnsNotification> {
+        self.sns.as_ref()
     }
 
     /// Deserializes the body as JSON.
@@ -156,7 +208,8 @@ impl Message {
         &self.attributes
     }
 
-    /// The message attributes the sender set.
+    /// The message attributes the sender set (for a message published to SNS, the
+    /// attributes it was published with).
     pub fn message_attributes(&self) -> &HashMap<String, MessageAttribute> {
         &self.message_attributes
     }
@@ -182,8 +235,10 @@ impl Message {
         self.group_id.as_deref()
     }
 
-    /// Reads the attributes the runtime derives from SQS system attributes.
+    /// Completes a received message: the fields derived from SQS system attributes, and the
+    /// SNS envelope unwrapped.
     pub(crate) fn derive_system_fields(&mut self) {
+        self.unwrap_sns();
         self.receive_count =
             self.attributes.get("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
         self.sent_timestamp = self
@@ -192,6 +247,71 @@ impl Message {
             .and_then(|v| v.parse::<u64>().ok())
             .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
         self.group_id = self.attributes.get("MessageGroupId").cloned();
+    }
+}
+
+/// An SNS notification as SNS writes it into a subscribed SQS queue.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Envelope {
+    #[serde(rename = "Type")]
+    kind: String,
+    message_id: String,
+    topic_arn: String,
+    message: String,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    timestamp: Option<String>,
+    #[serde(default)]
+    message_attributes: HashMap<String, EnvelopeAttribute>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct EnvelopeAttribute {
+    #[serde(rename = "Type")]
+    kind: String,
+    value: String,
+}
+
+impl Message {
+    fn unwrap_sns(&mut self) {
+        // Cheap checks first: most bodies are not envelopes.
+        if self.sns.is_some() || !self.body.trim_start().starts_with('{') || !self.body.contains("\"TopicArn\"") {
+            return;
+        }
+        let Ok(envelope) = serde_json::from_str::<Envelope>(&self.body) else { return };
+        if envelope.kind != "Notification" || !envelope.topic_arn.starts_with("arn:") {
+            return;
+        }
+        self.queue_attributes = Some(self.message_attributes.clone());
+        for (name, attribute) in envelope.message_attributes {
+            let converted = if attribute.kind.starts_with("Binary") {
+                use base64::Engine;
+                match base64::engine::general_purpose::STANDARD.decode(&attribute.value) {
+                    Ok(bytes) => MessageAttribute::with_type(attribute.kind, None, Some(bytes)),
+                    Err(_) => None,
+                }
+            } else {
+                MessageAttribute::with_type(attribute.kind, Some(attribute.value), None)
+            };
+            match converted {
+                Some(value) => {
+                    self.message_attributes.entry(name).or_insert(value);
+                }
+                None => {
+                    tracing::warn!(message_id = %self.id, attribute = %name, "SNS message attribute could not be read")
+                }
+            }
+        }
+        self.sns = Some(SnsNotification {
+            topic_arn: envelope.topic_arn,
+            message_id: envelope.message_id,
+            subject: envelope.subject,
+            timestamp: envelope.timestamp,
+        });
+        self.raw_body = Some(std::mem::replace(&mut self.body, envelope.message));
     }
 }
 
@@ -209,6 +329,59 @@ mod tests {
         assert_eq!(m.receive_count(), 3);
         assert_eq!(m.group_id(), Some("g1"));
         assert_eq!(m.sent_timestamp(), Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)));
+    }
+
+    /// A notification in the exact form SNS delivers to a subscribed queue without raw
+    /// delivery (as in AWS's SNS-to-SQS documentation).
+    const ENVELOPE: &str = r#"{
+  "Type" : "Notification",
+  "MessageId" : "5fe63b2e-0b1c-5ae3-9a43-2e0d7e3a5a0b",
+  "TopicArn" : "arn:aws:sns:eu-west-1:123456789012:app-test-orders-ordersTopic",
+  "Subject" : "order placed",
+  "Message" : "{\"order\":42}",
+  "Timestamp" : "2026-11-22T10:00:00.000Z",
+  "SignatureVersion" : "1",
+  "Signature" : "EXAMPLEpH+...",
+  "SigningCertURL" : "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0000.pem",
+  "UnsubscribeURL" : "https://sns.eu-west-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn=arn:aws:sns:eu-west-1:123456789012:app-test-orders-ordersTopic:0000",
+  "MessageAttributes" : {
+    "event" : {"Type":"String","Value":"order_placed"},
+    "amount" : {"Type":"Number","Value":"12.5"},
+    "blob" : {"Type":"Binary","Value":"aGVsbG8="},
+    "tags" : {"Type":"String.Array","Value":"[\"a\",\"b\"]"}
+  }
+}"#;
+
+    #[test]
+    fn an_sns_envelope_is_unwrapped() {
+        let mut m = Message::new("sqs-id", ENVELOPE);
+        m.derive_system_fields();
+        assert_eq!(m.body(), r#"{"order":42}"#);
+        assert_eq!(m.raw_body(), ENVELOPE);
+        let sns = m.sns().expect("an SNS notification");
+        assert_eq!(sns.topic_arn(), "arn:aws:sns:eu-west-1:123456789012:app-test-orders-ordersTopic");
+        assert_eq!(sns.message_id(), "5fe63b2e-0b1c-5ae3-9a43-2e0d7e3a5a0b");
+        assert_eq!(sns.subject(), Some("order placed"));
+        assert_eq!(sns.timestamp(), Some("2026-11-22T10:00:00.000Z"));
+        assert_eq!(m.message_attribute("event").unwrap().as_str(), Some("order_placed"));
+        assert_eq!(m.message_attribute("amount").unwrap().value(), &AttributeValue::Number("12.5".into()));
+        assert_eq!(m.message_attribute("blob").unwrap().as_bytes(), Some(&b"hello"[..]));
+        assert_eq!(m.message_attribute("tags").unwrap().data_type(), "String.Array");
+        #[derive(serde::Deserialize)]
+        struct Order {
+            order: u32,
+        }
+        assert_eq!(m.json::<Order>().unwrap().order, 42, "typed handlers see the inner message");
+    }
+
+    #[test]
+    fn ordinary_json_bodies_are_left_alone() {
+        for body in [r#"{"TopicArn":"not an arn","Type":"Notification"}"#, r#"{"order":1}"#, "plain", ""] {
+            let mut m = Message::new("id", body);
+            m.derive_system_fields();
+            assert_eq!(m.body(), body);
+            assert!(m.sns().is_none());
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::BoxError;
+
 /// The result of handling one message.
 ///
 /// A handler that returns `Err` instead has failed: the message comes back after a backoff
@@ -22,4 +24,26 @@ impl Outcome {
     pub fn retry_after(delay: Duration) -> Self {
         Outcome::Retry(delay)
     }
+}
+
+/// A handler error that retrying cannot fix: a malformed order, a reference to something
+/// that does not exist. Return it (`Err(Permanent::new(e).into())`) and the message is
+/// dead-lettered at once when the route has a dead-letter queue (sent there with its
+/// attributes and the reason, then deleted); without one it backs off like any failure
+/// until the queue's redrive policy moves it. Bodies that do not decode
+/// ([`DecodeError`](crate::DecodeError)) are treated the same way.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Permanent(BoxError);
+
+impl Permanent {
+    /// Marks `error` as not worth retrying.
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        Self(error.into())
+    }
+}
+
+/// Whether a handler error says retrying cannot help.
+pub(crate) fn is_permanent(error: &BoxError) -> bool {
+    error.downcast_ref::<Permanent>().is_some() || error.downcast_ref::<crate::DecodeError>().is_some()
 }

@@ -1,6 +1,7 @@
 //! The receive loop: polls only for free capacity and hands each message to its own task.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -23,7 +24,33 @@ pub(crate) struct Poller {
     /// How many slots one receive tries to fill: ten, or fewer when the pool is smaller.
     pub(crate) batch_target: usize,
     pub(crate) batch_window: Duration,
+    /// When a receive last returned messages, for exit-when-idle.
+    pub(crate) activity: Arc<Activity>,
 }
+
+/// The time of the last receive that returned messages.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    start: tokio::time::Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        Self { start: tokio::time::Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long since a receive last returned messages (or since start).
+    pub(crate) fn quiet_for(&self) -> Duration {
+        self.start.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
 
 impl Poller {
     /// Polls until `intake` is cancelled (then `Ok`) or the queue fails in a way retrying
@@ -31,13 +58,25 @@ impl Poller {
     pub(crate) async fn run(self) -> Result<(), Error> {
         let mut failures = 0u32;
         let mut backlog = false;
+        // FIFO: a receive that failed in transit is retried with the same attempt id and
+        // size, so SQS returns the messages it may already have handed out.
+        let mut retry: Option<(ReceiveRequest, Vec<OwnedSemaphorePermit>)> = None;
         loop {
-            let Some(mut permits) = self.take_slots(backlog).await else { return Ok(()) };
-            let request = ReceiveRequest {
-                max_messages: permits.len(),
-                wait_time: self.wait_time,
-                visibility_timeout: self.visibility_timeout,
-                attempt_id: None,
+            let (request, mut permits) = match retry.take() {
+                Some(pending) => pending,
+                None => {
+                    let Some(permits) = self.take_slots(backlog).await else { return Ok(()) };
+                    let attempt_id = self.queue.is_fifo().then(|| {
+                        format!("holdfast-{}-{}", std::process::id(), ATTEMPTS.fetch_add(1, Ordering::Relaxed))
+                    });
+                    let request = ReceiveRequest {
+                        max_messages: permits.len(),
+                        wait_time: self.wait_time,
+                        visibility_timeout: self.visibility_timeout,
+                        attempt_id,
+                    };
+                    (request, permits)
+                }
             };
             // Dropping the receive on shutdown cancels the long poll at once.
             let received = tokio::select! {
@@ -46,18 +85,21 @@ impl Poller {
                 received = self.queue.receive(&request) => received,
             };
             match received {
-                Ok(messages) => {
+                Ok(mut messages) => {
                     failures = 0;
                     // A full answer means more is waiting: worth filling the next receive.
                     backlog = messages.len() >= permits.len();
-                    for message in messages {
-                        match permits.pop() {
-                            Some(permit) => {
-                                self.tracker.spawn(self.dispatcher.clone().run(message, permit));
-                            }
-                            // A server that returns more than asked: give the extra back.
-                            None => self.dispatcher.release(&message),
-                        }
+                    if !messages.is_empty() {
+                        self.activity.touch();
+                    }
+                    // A server that returns more than asked: give the extra back.
+                    for extra in messages.split_off(messages.len().min(permits.len())) {
+                        self.dispatcher.release(&extra);
+                    }
+                    let used = permits.split_off(permits.len() - messages.len());
+                    drop(permits);
+                    if !messages.is_empty() {
+                        self.dispatcher.dispatch(messages, used, &self.tracker);
                     }
                 }
                 Err(error) if error.is_permanent() => return Err(self.fatal(&error)),
@@ -66,7 +108,11 @@ impl Poller {
                     backlog = false;
                     let pause = receive_backoff(failures);
                     tracing::warn!(%error, failures, pause_ms = pause.as_millis() as u64, "receive failed; backing off");
-                    drop(permits);
+                    if request.attempt_id.is_some() {
+                        retry = Some((request, permits));
+                    } else {
+                        drop(permits);
+                    }
                     tokio::select! {
                         biased;
                         _ = self.intake.cancelled() => return Ok(()),
@@ -132,7 +178,7 @@ mod tests {
     use crate::queue::{BatchEntry, BatchFailure, MemoryQueue, OutgoingMessage, QueueBackend};
     use crate::{BoxError, Config, Message, Outcome, handler_fn};
     use async_trait::async_trait;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     /// A queue whose receive returns its messages at the very moment shutdown begins: the
     /// race every long poll can lose.
@@ -165,6 +211,7 @@ mod tests {
         let intake = CancellationToken::new();
         let queue = Queue::from_backend(
             "memory://race".into(),
+            false,
             ShutdownDuringReceive { inner: memory.clone(), intake: intake.clone() },
         );
         for i in 0..3 {
@@ -180,7 +227,9 @@ mod tests {
         let (acker, _, acker_task) = Acker::spawn(queue.clone(), Duration::from_millis(100), 1);
         let counters = Arc::new(Counters::default());
         let dispatcher = Arc::new(Dispatcher {
-            handler: Arc::new(handler),
+            work: crate::dispatch::Work::One(Arc::new(handler)),
+            queue: queue.clone(),
+            dead_letter: None,
             acker,
             leases: Leases::new(queue.clone(), Duration::from_secs(30), Duration::from_secs(5)),
             config,
@@ -199,6 +248,7 @@ mod tests {
             visibility_timeout: Duration::from_secs(30),
             batch_target: 10,
             batch_window: Duration::ZERO,
+            activity: Arc::new(Activity::new()),
         };
         poller.run().await.unwrap();
         tracker.close();

@@ -1,21 +1,23 @@
-//! The worker: wires the poller, the dispatcher, the heartbeat and the acker together, and
-//! shuts them down in order.
+//! The worker: wires pollers, dispatchers, heartbeats and ackers together for each queue,
+//! and shuts them down in order.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
+use aws_config::SdkConfig;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::acker::Acker;
-use crate::dispatch::{Counters, Dispatcher};
+use crate::acker::{AckStats, Acker};
+use crate::dispatch::{Counters, Dispatcher, Work};
 use crate::lease::Leases;
-use crate::poller::Poller;
-use crate::queue::BATCH_MAX;
-use crate::{Config, Error, Handler, LogFormat, Queue};
+use crate::poller::{Activity, Poller};
+use crate::queue::{BATCH_MAX, MemoryQueue};
+use crate::{BatchHandler, Config, Error, Handler, LogFormat, Queue};
 
 /// What a worker did in one run, returned by [`Worker::run`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,10 +29,13 @@ pub struct Summary {
     pub succeeded: u64,
     /// Handled with [`Outcome::Retry`](crate::Outcome::Retry).
     pub retried: u64,
-    /// Failed: an error, a panic or a timeout; retried after a backoff.
+    /// Failed: an error, a panic or a timeout; retried after a backoff, or dead-lettered.
     pub failed: u64,
-    /// Given back unhandled at shutdown (received but not started, or stopped at the drain
-    /// deadline): visible again at once.
+    /// Copied to a dead-letter queue (and then deleted) as not retryable.
+    pub dead_lettered: u64,
+    /// Given back unhandled (received but not started at shutdown, stopped at the drain
+    /// deadline, or held back behind an earlier message of their FIFO group): visible
+    /// again at once.
     pub released: u64,
     /// Deleted from the queue.
     pub deleted: u64,
@@ -38,7 +43,69 @@ pub struct Summary {
     pub delete_failed: u64,
 }
 
-/// A queue worker: a [`Config`], a [`Handler`] and (optionally) a [`Queue`].
+/// Which queue a route reads.
+#[derive(Debug, Clone)]
+enum Source {
+    Queue(Queue),
+    /// A Copilot topic-specific queue, by its name in `COPILOT_TOPIC_QUEUE_URIS`.
+    Topic(String),
+}
+
+/// A queue and the handler for its messages, for a worker that reads several queues. All
+/// routes share the worker's concurrency limit (and its scale-in protection).
+///
+/// ```no_run
+/// use holdfast::{handler_fn, BoxError, Outcome, Route, Worker};
+///
+/// # async fn example() -> Result<(), holdfast::Error> {
+/// let ok = || handler_fn(|_msg, _ctx| async { Ok::<_, BoxError>(Outcome::Ack) });
+/// Worker::from_env()?
+///     .handler(ok())                                       // COPILOT_QUEUE_URI's queue
+///     .route(Route::topic("merchantOrdersEventsQueue", ok())) // a topic-specific queue
+///     .run()
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct Route {
+    source: Source,
+    work: Work,
+    dead_letter: Option<Queue>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route").field("source", &self.source).finish_non_exhaustive()
+    }
+}
+
+impl Route {
+    /// `queue`'s messages go to `handler`.
+    pub fn new(queue: Queue, handler: impl Handler) -> Self {
+        Self { source: Source::Queue(queue), work: Work::One(Arc::new(handler)), dead_letter: None }
+    }
+
+    /// `queue`'s messages go to `handler` up to ten at a time.
+    pub fn batch(queue: Queue, handler: impl BatchHandler) -> Self {
+        Self { source: Source::Queue(queue), work: Work::Batch(Arc::new(handler)), dead_letter: None }
+    }
+
+    /// The Copilot topic-specific queue named `name` in `COPILOT_TOPIC_QUEUE_URIS` (e.g.
+    /// `merchantOrdersEventsQueue`) goes to `handler`. A name the variable does not hold
+    /// stops `run` with an error listing the names it does.
+    pub fn topic(name: impl Into<String>, handler: impl Handler) -> Self {
+        Self { source: Source::Topic(name.into()), work: Work::One(Arc::new(handler)), dead_letter: None }
+    }
+
+    /// Messages that cannot succeed go to `queue` at once, with the reason.
+    #[must_use]
+    pub fn dead_letter_queue(mut self, queue: Queue) -> Self {
+        self.dead_letter = Some(queue);
+        self
+    }
+}
+
+/// A queue worker: a [`Config`], a [`Handler`] and (optionally) a [`Queue`], or several
+/// [`Route`]s.
 ///
 /// ```no_run
 /// use holdfast::{handler_fn, Outcome, Worker};
@@ -56,19 +123,34 @@ pub struct Summary {
 pub struct Worker {
     config: Config,
     queue: Option<Queue>,
-    handler: Option<Arc<dyn Handler>>,
+    dead_letter: Option<Queue>,
+    main: Option<Work>,
+    routes: Vec<Route>,
 }
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("config", &self.config).field("queue", &self.queue).finish_non_exhaustive()
+        f.debug_struct("Worker")
+            .field("config", &self.config)
+            .field("queue", &self.queue)
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
     }
+}
+
+/// One queue's moving parts.
+struct Lane {
+    queue: Queue,
+    dispatcher: Arc<Dispatcher>,
+    ack_stats: Arc<AckStats>,
+    acker_task: tokio::task::JoinHandle<()>,
+    heartbeat: tokio::task::JoinHandle<()>,
 }
 
 impl Worker {
     /// A worker with this configuration.
     pub fn new(config: Config) -> Self {
-        Self { config, queue: None, handler: None }
+        Self { config, queue: None, dead_letter: None, main: None, routes: Vec::new() }
     }
 
     /// A worker configured from the environment (see the README's table), with logging set
@@ -84,18 +166,40 @@ impl Worker {
         Ok(Self::new(config))
     }
 
-    /// The handler for every message.
+    /// The handler for the main queue's messages.
     #[must_use]
     pub fn handler(mut self, handler: impl Handler) -> Self {
-        self.handler = Some(Arc::new(handler));
+        self.main = Some(Work::One(Arc::new(handler)));
         self
     }
 
-    /// The queue to consume; without it, the configured queue URL is opened when the worker
-    /// starts (`memory://NAME` makes a new embedded queue).
+    /// A batch handler for the main queue's messages, up to ten at a time.
+    #[must_use]
+    pub fn batch_handler(mut self, handler: impl BatchHandler) -> Self {
+        self.main = Some(Work::Batch(Arc::new(handler)));
+        self
+    }
+
+    /// The main queue; without it, the configured queue URL is opened when the worker starts
+    /// (`memory://NAME` makes a new embedded queue).
     #[must_use]
     pub fn queue(mut self, queue: Queue) -> Self {
         self.queue = Some(queue);
+        self
+    }
+
+    /// Where the main queue's messages that cannot succeed go at once; without it, the
+    /// configured `HOLDFAST_DEAD_LETTER_QUEUE_URL`, if any.
+    #[must_use]
+    pub fn dead_letter_queue(mut self, queue: Queue) -> Self {
+        self.dead_letter = Some(queue);
+        self
+    }
+
+    /// Another queue with its own handler, sharing this worker's concurrency limit.
+    #[must_use]
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
         self
     }
 
@@ -120,68 +224,119 @@ impl Worker {
         self.run_until(signal).await
     }
 
-    /// Runs until `shutdown` resolves, then stops polling, releases messages not started,
-    /// lets running handlers finish until the drain deadline, stops and releases the rest,
-    /// flushes acknowledgements, and returns what it did. It never exits the process.
+    /// Runs until `shutdown` resolves (or, with `exit_when_idle`, until the queues stay
+    /// empty that long), then stops polling, releases messages not started, lets running
+    /// handlers finish until the drain deadline, stops and releases the rest, flushes
+    /// acknowledgements, and returns what it did. It never exits the process.
     ///
     /// # Errors
     ///
-    /// [`Error::Incomplete`] without a handler or queue; [`Error::Queue`] when the queue
-    /// fails in a way retrying cannot heal (it does not exist, access is denied), after the
-    /// same orderly shutdown.
+    /// [`Error::Incomplete`] without a handler or queue, or for a topic route whose name
+    /// `COPILOT_TOPIC_QUEUE_URIS` does not hold; [`Error::Queue`] when a queue fails in a way
+    /// retrying cannot heal (it does not exist, access is denied), after the same orderly
+    /// shutdown.
     pub async fn run_until<F>(self, shutdown: F) -> Result<Summary, Error>
     where
         F: Future<Output = ()> + Send,
     {
-        let handler = self.handler.ok_or(Error::Incomplete("a handler (Worker::handler)"))?;
-        let queue = match self.queue {
-            Some(queue) => queue,
-            None => {
-                let url = self
-                    .config
-                    .queue_url
-                    .as_deref()
-                    .ok_or(Error::Incomplete("a queue (Worker::queue, or a queue URL in the config)"))?;
-                Queue::from_url(url).await
-            }
-        };
         let config = Arc::new(self.config);
+        let mut opener = Opener::default();
+        let mut routes = Vec::new();
+        if let Some(work) = self.main {
+            let queue = match self.queue {
+                Some(queue) => queue,
+                None => {
+                    opener
+                        .open(
+                            config
+                                .queue_url
+                                .as_deref()
+                                .ok_or(Error::Incomplete("a queue (Worker::queue, or a queue URL in the config)"))?,
+                        )
+                        .await
+                }
+            };
+            let dead_letter = match (self.dead_letter, &config.dead_letter_queue_url) {
+                (Some(queue), _) => Some(queue),
+                (None, Some(url)) => Some(opener.open(url).await),
+                (None, None) => None,
+            };
+            routes.push((queue, work, dead_letter));
+        }
+        for route in self.routes {
+            let queue = match route.source {
+                Source::Queue(queue) => queue,
+                Source::Topic(name) => match config.topic_queues.get(&name) {
+                    Some(url) => opener.open(url).await,
+                    None => {
+                        let known: Vec<&str> = config.topic_queues.keys().map(String::as_str).collect();
+                        return Err(Error::Queue {
+                            queue_url: format!("COPILOT_TOPIC_QUEUE_URIS[{name}]"),
+                            message: format!(
+                                "no topic queue named {name:?}; COPILOT_TOPIC_QUEUE_URIS holds {known:?} (subscribe.topics[].queue in the manifest creates one)"
+                            ),
+                        });
+                    }
+                },
+            };
+            routes.push((queue, route.work, route.dead_letter));
+        }
+        if routes.is_empty() {
+            return Err(Error::Incomplete("a handler (Worker::handler or Worker::route)"));
+        }
 
         let intake = CancellationToken::new();
         let deadline = CancellationToken::new();
         let heartbeat_stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let counters = Arc::new(Counters::default());
-        let (acker, ack_stats, acker_task) = Acker::spawn(queue.clone(), config.ack_interval, config.ack_concurrency);
-        let leases = Leases::new(queue.clone(), config.visibility_timeout, config.heartbeat_interval);
-        let heartbeat = tokio::spawn(leases.clone().run(heartbeat_stop.clone()));
-        let dispatcher = Arc::new(Dispatcher {
-            handler,
-            acker,
-            leases,
-            config: config.clone(),
-            intake: intake.clone(),
-            deadline: deadline.clone(),
-            counters: counters.clone(),
-        });
+        let activity = Arc::new(Activity::new());
         let slots = Arc::new(Semaphore::new(config.concurrency));
+        // An idle queue's long poll holds the slots it polls for: give each queue a share.
+        let share = config.concurrency.div_ceil(routes.len());
         let mut pollers = JoinSet::new();
-        for _ in 0..config.concurrency.div_ceil(BATCH_MAX) {
-            let poller = Poller {
+        let mut lanes = Vec::new();
+        for (queue, work, dead_letter) in routes {
+            let (acker, ack_stats, acker_task) =
+                Acker::spawn(queue.clone(), config.ack_interval, config.ack_concurrency);
+            let leases = Leases::new(queue.clone(), config.visibility_timeout, config.heartbeat_interval);
+            let heartbeat = tokio::spawn(leases.clone().run(heartbeat_stop.clone()));
+            let dispatcher = Arc::new(Dispatcher {
+                work,
                 queue: queue.clone(),
-                slots: slots.clone(),
-                dispatcher: dispatcher.clone(),
-                tracker: tracker.clone(),
+                dead_letter,
+                acker,
+                leases,
+                config: config.clone(),
                 intake: intake.clone(),
-                wait_time: config.wait_time,
-                visibility_timeout: config.visibility_timeout,
-                batch_target: config.concurrency.min(BATCH_MAX),
-                batch_window: config.batch_window,
-            };
-            pollers.spawn(poller.run());
+                deadline: deadline.clone(),
+                counters: counters.clone(),
+            });
+            for _ in 0..share.div_ceil(BATCH_MAX) {
+                let poller = Poller {
+                    queue: queue.clone(),
+                    slots: slots.clone(),
+                    dispatcher: dispatcher.clone(),
+                    tracker: tracker.clone(),
+                    intake: intake.clone(),
+                    wait_time: config.wait_time,
+                    visibility_timeout: config.visibility_timeout,
+                    batch_target: share.min(BATCH_MAX),
+                    batch_window: config.batch_window,
+                    activity: activity.clone(),
+                };
+                pollers.spawn(poller.run());
+            }
+            tracing::info!(
+                queue = queue.url(),
+                fifo = queue.is_fifo(),
+                dead_letter_queue = dispatcher.dead_letter.as_ref().map(Queue::url),
+                "reading queue"
+            );
+            lanes.push(Lane { queue, dispatcher, ack_stats, acker_task, heartbeat });
         }
         tracing::info!(
-            queue = queue.url(),
+            queues = lanes.len(),
             concurrency = config.concurrency,
             pollers = pollers.len(),
             visibility_timeout_s = config.visibility_timeout.as_secs(),
@@ -189,12 +344,24 @@ impl Worker {
             "worker started"
         );
 
+        let idle = async {
+            let Some(limit) = config.exit_when_idle else { return std::future::pending().await };
+            loop {
+                tokio::time::sleep(limit.min(Duration::from_millis(250))).await;
+                if tracker.is_empty() && activity.quiet_for() >= limit {
+                    tracing::info!(idle_s = limit.as_secs(), "no work for the idle limit: shutting down");
+                    return;
+                }
+            }
+        };
         let mut fatal = None;
         tokio::pin!(shutdown);
+        tokio::pin!(idle);
         loop {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                _ = &mut idle => break,
                 done = pollers.join_next() => match done {
                     Some(Ok(Err(error))) => {
                         fatal = Some(error);
@@ -202,7 +369,7 @@ impl Worker {
                     }
                     Some(Ok(Ok(()))) => {}
                     Some(Err(join)) => {
-                        fatal = Some(Error::Queue { queue_url: queue.url().to_owned(), message: format!("poller failed: {join}") });
+                        fatal = Some(Error::Queue { queue_url: String::new(), message: format!("poller failed: {join}") });
                         break;
                     }
                     None => break,
@@ -228,26 +395,28 @@ impl Worker {
             tracker.wait().await;
         }
         heartbeat_stop.cancel();
-        let _ = heartbeat.await;
-        drop(dispatcher);
-        if let Err(join) = acker_task.await {
-            tracing::error!(%join, "acknowledgement task failed");
+        let mut summary = Summary::default();
+        for lane in lanes {
+            let _ = lane.heartbeat.await;
+            drop(lane.dispatcher);
+            if let Err(join) = lane.acker_task.await {
+                tracing::error!(queue = lane.queue.url(), %join, "acknowledgement task failed");
+            }
+            summary.deleted += lane.ack_stats.deleted.load(Ordering::Relaxed);
+            summary.delete_failed += lane.ack_stats.delete_failed.load(Ordering::Relaxed);
         }
-
-        let summary = Summary {
-            received: counters.received.load(Ordering::Relaxed),
-            succeeded: counters.succeeded.load(Ordering::Relaxed),
-            retried: counters.retried.load(Ordering::Relaxed),
-            failed: counters.failed.load(Ordering::Relaxed),
-            released: counters.released.load(Ordering::Relaxed),
-            deleted: ack_stats.deleted.load(Ordering::Relaxed),
-            delete_failed: ack_stats.delete_failed.load(Ordering::Relaxed),
-        };
+        summary.received = counters.received.load(Ordering::Relaxed);
+        summary.succeeded = counters.succeeded.load(Ordering::Relaxed);
+        summary.retried = counters.retried.load(Ordering::Relaxed);
+        summary.failed = counters.failed.load(Ordering::Relaxed);
+        summary.dead_lettered = counters.dead_lettered.load(Ordering::Relaxed);
+        summary.released = counters.released.load(Ordering::Relaxed);
         tracing::info!(
             received = summary.received,
             succeeded = summary.succeeded,
             retried = summary.retried,
             failed = summary.failed,
+            dead_lettered = summary.dead_lettered,
             released = summary.released,
             deleted = summary.deleted,
             "worker stopped"
@@ -256,6 +425,25 @@ impl Worker {
             Some(error) => Err(error),
             None => Ok(summary),
         }
+    }
+}
+
+/// Opens queues by URL, loading the AWS configuration once.
+#[derive(Default)]
+struct Opener {
+    aws: Option<SdkConfig>,
+}
+
+impl Opener {
+    async fn open(&mut self, url: &str) -> Queue {
+        if let Some(name) = url.strip_prefix("memory://") {
+            return Queue::memory(&MemoryQueue::new(name));
+        }
+        if self.aws.is_none() {
+            self.aws = Some(aws_config::load_from_env().await);
+        }
+        let aws = self.aws.as_ref().expect("loaded above");
+        Queue::sqs(aws_sdk_sqs::Client::new(aws), url)
     }
 }
 

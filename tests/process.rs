@@ -184,7 +184,18 @@ fn main() -> ExitCode {
         return child();
     }
     // `cargo test` passes harness flags; a name filter runs the matching tests only.
-    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let mut filter: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            // harness options that take a value
+            "--test-threads" | "--skip" | "--format" | "--color" | "-Z" | "--logfile" | "--report-time" => {
+                args.next();
+            }
+            a if a.starts_with('-') => {}
+            _ => filter = Some(arg),
+        }
+    }
     let runtime = tokio::runtime::Runtime::new().unwrap();
     type Case = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>>>>;
     let cases: [(&str, Case); 4] = [
@@ -208,6 +219,10 @@ fn main() -> ExitCode {
                 failed += 1;
             }
         }
+    }
+    if passed + failed == 0 {
+        println!("process: no test matches {filter:?}");
+        return ExitCode::FAILURE;
     }
     println!("process: {passed} passed, {failed} failed");
     if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }

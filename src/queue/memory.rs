@@ -148,6 +148,11 @@ impl MemoryQueue {
         &self.inner.name
     }
 
+    /// Whether this is a FIFO queue.
+    pub fn is_fifo(&self) -> bool {
+        self.inner.fifo
+    }
+
     /// `memory://NAME`.
     pub fn url(&self) -> String {
         format!("memory://{}", self.inner.name)

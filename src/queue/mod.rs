@@ -178,6 +178,7 @@ struct Counters {
 #[derive(Clone)]
 pub struct Queue {
     url: Arc<str>,
+    fifo: bool,
     backend: Arc<dyn QueueBackend>,
     counters: Arc<Counters>,
 }
@@ -192,12 +193,13 @@ impl Queue {
     /// An SQS queue, reached with `client` (which carries region, credentials and endpoint).
     pub fn sqs(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
         let url: String = queue_url.into();
-        Self::from_backend(url.clone(), sqs::SqsBackend::new(client, url))
+        let fifo = url.ends_with(".fifo");
+        Self::from_backend(url.clone(), fifo, sqs::SqsBackend::new(client, url))
     }
 
     /// The embedded in-memory queue.
     pub fn memory(queue: &MemoryQueue) -> Self {
-        Self::from_backend(queue.url(), queue.clone())
+        Self::from_backend(queue.url(), queue.is_fifo(), queue.clone())
     }
 
     /// Opens the queue at `url`: `memory://NAME` is a new embedded queue, anything else is SQS
@@ -213,8 +215,13 @@ impl Queue {
         }
     }
 
-    pub(crate) fn from_backend(url: String, backend: impl QueueBackend) -> Self {
-        Self { url: url.into(), backend: Arc::new(backend), counters: Arc::default() }
+    pub(crate) fn from_backend(url: String, fifo: bool, backend: impl QueueBackend) -> Self {
+        Self { url: url.into(), fifo, backend: Arc::new(backend), counters: Arc::default() }
+    }
+
+    /// Whether this is a FIFO queue (its name ends in `.fifo`, or a FIFO [`MemoryQueue`]).
+    pub fn is_fifo(&self) -> bool {
+        self.fifo
     }
 
     /// The queue's URL (`memory://NAME` for an embedded queue).
