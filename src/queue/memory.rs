@@ -185,6 +185,29 @@ impl MemoryQueue {
         self.state().messages.values().map(|m| m.body.clone()).collect()
     }
 
+    /// Every message held, oldest first, as a handler would see it (a snapshot: nothing is
+    /// received). For tests that check what a worker left behind, e.g. in a dead-letter
+    /// queue.
+    pub fn messages(&self) -> Vec<Message> {
+        self.state()
+            .messages
+            .values()
+            .map(|m| {
+                let mut message = Message::new(m.id.clone(), m.body.clone());
+                message.message_attributes = m.attributes.clone();
+                message.attributes = HashMap::from([
+                    ("ApproximateReceiveCount".to_owned(), m.receive_count.to_string()),
+                    ("SentTimestamp".to_owned(), millis(m.sent_at)),
+                ]);
+                if let Some(g) = &m.group_id {
+                    message.attributes.insert("MessageGroupId".into(), g.clone());
+                }
+                message.derive_system_fields();
+                message
+            })
+            .collect()
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.inner.state.lock().expect("memory queue poisoned")
     }

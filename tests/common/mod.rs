@@ -51,6 +51,8 @@ pub struct Options {
     pub visibility: Option<Duration>,
     /// Redrive to a fresh dead-letter queue after this many receives.
     pub max_receives: Option<u32>,
+    /// A dead-letter queue without redrive: the worker sends to it itself.
+    pub dead_letter: bool,
     pub fifo: bool,
 }
 
@@ -69,7 +71,10 @@ impl TestQueue {
         let name = if options.fifo { format!("{name}.fifo") } else { name };
         match backend {
             Backend::Memory => {
-                let dlq = options.max_receives.map(|_| MemoryQueue::new(format!("{name}-dlq")));
+                let dlq = (options.max_receives.is_some() || options.dead_letter).then(|| {
+                    let b = MemoryQueue::builder(format!("{name}-dlq"));
+                    if options.fifo { b.fifo().build() } else { b.build() }
+                });
                 let mut builder = MemoryQueue::builder(&name);
                 if options.fifo {
                     builder = builder.fifo();
@@ -100,7 +105,7 @@ impl TestQueue {
                 if let Some(v) = options.visibility {
                     attributes.insert(QueueAttributeName::VisibilityTimeout, v.as_secs().to_string());
                 }
-                if let Some(max) = options.max_receives {
+                if options.max_receives.is_some() || options.dead_letter {
                     let dlq_name = if options.fifo {
                         format!("{}-dlq.fifo", name.trim_end_matches(".fifo"))
                     } else {
@@ -109,6 +114,7 @@ impl TestQueue {
                     let mut dlq_attributes = HashMap::new();
                     if options.fifo {
                         dlq_attributes.insert(QueueAttributeName::FifoQueue, "true".to_owned());
+                        dlq_attributes.insert(QueueAttributeName::ContentBasedDeduplication, "true".to_owned());
                     }
                     let url = client
                         .create_queue()
@@ -130,10 +136,12 @@ impl TestQueue {
                         .unwrap()
                         .remove(&QueueAttributeName::QueueArn)
                         .unwrap();
-                    attributes.insert(
-                        QueueAttributeName::RedrivePolicy,
-                        format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"{max}"}}"#),
-                    );
+                    if let Some(max) = options.max_receives {
+                        attributes.insert(
+                            QueueAttributeName::RedrivePolicy,
+                            format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"{max}"}}"#),
+                        );
+                    }
                     dlq_url = Some(url);
                 }
                 let url = client
@@ -182,6 +190,46 @@ impl TestQueue {
                 )
             }
             _ => unreachable!(),
+        }
+    }
+
+    /// Messages waiting in the dead-letter queue: body and message attributes (as text).
+    pub async fn dead_letter_messages(&self) -> Vec<(String, HashMap<String, String>)> {
+        let text = |a: &holdfast::MessageAttribute| a.as_str().map(str::to_owned).unwrap_or_default();
+        match (&self.memory, &self.client) {
+            (Some((_, Some(dlq))), _) => dlq
+                .messages()
+                .iter()
+                .map(|m| {
+                    (m.body().to_owned(), m.message_attributes().iter().map(|(k, v)| (k.clone(), text(v))).collect())
+                })
+                .collect(),
+            (None, Some(client)) => {
+                let url = self.dlq.as_ref().expect("no DLQ").url().to_owned();
+                let out = client
+                    .receive_message()
+                    .queue_url(url)
+                    .max_number_of_messages(10)
+                    .visibility_timeout(0)
+                    .message_attribute_names("All")
+                    .send()
+                    .await
+                    .expect("receive DLQ");
+                out.messages
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|m| {
+                        let attributes = m
+                            .message_attributes
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.string_value.unwrap_or_default()))
+                            .collect();
+                        (m.body.unwrap_or_default(), attributes)
+                    })
+                    .collect()
+            }
+            _ => panic!("no DLQ"),
         }
     }
 
