@@ -17,5 +17,8 @@ pub use error::{BoxError, Error};
 pub use handler::{DecodeError, Handler, HandlerFn, JsonFn, handler_fn, json_fn};
 pub use message::{AttributeValue, Message, MessageAttribute};
 pub use outcome::Outcome;
-pub use protection::ProtectionConfig;
+pub use protection::{
+    Protection, ProtectionBackend, ProtectionConfig, ProtectionError, ProtectionGuard, ProtectionMode, ProtectionState,
+    RemoteProtection,
+};
 pub use queue::{MemoryQueue, MemoryQueueBuilder, OutgoingMessage, Queue, RequestCounts};
