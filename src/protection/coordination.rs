@@ -209,14 +209,20 @@ impl SharedDir {
                     Err(TryLockError::Error(_)) => None,
                 },
             };
-            let reason = gone.or((holder.lease_until < now).then_some("its lease expired"));
-            match reason {
-                Some(reason) => {
+            let expired = holder.lease_until < now;
+            match (gone, expired) {
+                (Some(reason), _) => {
                     tracing::warn!(holder = %id, pid = holder.pid, busy = holder.demand.busy, "dropping a protection holder: {reason}");
                     let _ = fs::remove_file(&path);
                     false
                 }
-                None => true,
+                (None, true) => {
+                    // Alive but silent (hung, or stopped). Its lock file stays: should it
+                    // wake up, it registers again and is seen alive.
+                    tracing::warn!(holder = %id, pid = holder.pid, busy = holder.demand.busy, "dropping a protection holder: its lease expired");
+                    false
+                }
+                (None, false) => true,
             }
         });
     }

@@ -276,10 +276,7 @@ impl Protection {
             shared: shared.clone(),
             backend: backend.clone(),
             coordinator,
-            timing: Timing {
-                expires_in_minutes: config.expires_in_minutes.clamp(1, MAX_EXPIRY_MINUTES),
-                refresh_before: config.refresh_before.as_millis() as Ms,
-            },
+            timing: timing(config),
             snapshot: snapshot_tx,
             public: public_tx,
             stop: stop.clone(),
@@ -477,6 +474,23 @@ impl Protection {
         // Err: the driver is gone already, which is what we wait for.
         let _ = snapshots.wait_for(|s| s.shut_down).await;
     }
+}
+
+/// The timing from `config`, made consistent: fields set in code skip the parser's checks.
+fn timing(config: &ProtectionConfig) -> Timing {
+    let minutes = config.expires_in_minutes.clamp(1, MAX_EXPIRY_MINUTES);
+    let expiry = Duration::from_secs(u64::from(minutes) * 60);
+    let refresh_before = if config.refresh_before >= expiry {
+        tracing::warn!(
+            refresh_before = ?config.refresh_before,
+            expires_in_minutes = minutes,
+            "the refresh point is not shorter than the expiry; refreshing with a third of the expiry left instead"
+        );
+        expiry / 3
+    } else {
+        config.refresh_before
+    };
+    Timing { expires_in_minutes: minutes, refresh_before: refresh_before.as_millis() as Ms }
 }
 
 fn missing(variable: &str) -> crate::Error {

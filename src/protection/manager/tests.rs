@@ -287,3 +287,13 @@ async fn auto_resolves_from_the_ecs_variables() {
     c.backend = ProtectionBackend::Off;
     assert_eq!(Protection::from_config(&c).await.unwrap().backend(), ProtectionBackend::Off);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_point_beyond_the_expiry_falls_back_to_a_third() {
+    let c = ProtectionConfig { expires_in_minutes: 6, ..config(ProtectionMode::Strict) }; // refresh_before stays 20 min
+    let (protection, backend) = start(&c);
+    let guard = protection.hold().await.unwrap();
+    sleep(5 * MIN).await;
+    assert_eq!(backend.calls(), vec![Call::Protect(6), Call::Protect(6)], "refreshed at 4 min only");
+    drop(guard);
+}
