@@ -127,6 +127,17 @@ impl ProtectionConfig {
         Duration::from_secs(u64::from(self.expires_in_minutes) * 60)
     }
 
+    /// Reads the protection settings alone from the process environment, for using
+    /// [`Protection`](crate::Protection) without the queue worker.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first variable that is invalid, with the values it
+    /// accepts.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    }
+
     pub(crate) fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut config = Self {
             agent_uri: get("ECS_AGENT_URI").map(|v| v.trim().to_owned()),
