@@ -77,14 +77,13 @@ async fn serve(mut socket: WebSocket, app: App) {
     );
     if socket.send(Message::Text(greeting.into())).await.is_ok() {
         while let Some(Ok(message)) = socket.recv().await {
-            match message {
-                Message::Text(text) => {
-                    if socket.send(Message::Text(text)).await.is_err() {
-                        break;
-                    }
-                }
+            let echo = match message {
+                Message::Text(text) => Message::Text(text),
                 Message::Close(_) => break,
-                _ => {}
+                _ => continue,
+            };
+            if socket.send(echo).await.is_err() {
+                break;
             }
         }
     }

@@ -21,6 +21,9 @@ fn config(fake: &FakeEcs, mode: ProtectionMode) -> ProtectionConfig {
     c
 }
 
+/// What an error must satisfy.
+type Expect = fn(&ProtectionError) -> bool;
+
 async fn protection(fake: &FakeEcs, mode: ProtectionMode) -> Protection {
     Protection::from_config(&config(fake, mode)).await.unwrap()
 }
@@ -88,7 +91,7 @@ async fn a_failure_body_with_http_200_is_a_refusal() {
 #[tokio::test]
 async fn errors_are_classified() {
     let fake = FakeEcs::start().await;
-    let cases: Vec<(Reply, fn(&ProtectionError) -> bool)> = vec![
+    let cases: Vec<(Reply, Expect)> = vec![
         (
             Reply::error(403, "AccessDeniedException"),
             |e| matches!(e, ProtectionError::Rejected { status: Some(403), code, .. } if code == "AccessDeniedException"),

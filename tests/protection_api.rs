@@ -33,6 +33,9 @@ fn config(metadata_uri: String, mode: ProtectionMode) -> ProtectionConfig {
     c
 }
 
+/// What an error must satisfy.
+type Expect = fn(&ProtectionError) -> bool;
+
 async fn protection(fake: &FakeEcs, mode: ProtectionMode) -> Protection {
     Protection::with_ecs_client(&config(fake.metadata_uri(), mode), client(fake)).await.unwrap()
 }
@@ -73,7 +76,7 @@ async fn protects_and_releases_through_the_ecs_api() {
 #[tokio::test]
 async fn failures_and_errors_are_classified() {
     let fake = FakeEcs::start().await;
-    let cases: Vec<(Reply, fn(&ProtectionError) -> bool)> = vec![
+    let cases: Vec<(Reply, Expect)> = vec![
         (Reply::failure("DEPLOYMENT_BLOCKED"), ProtectionError::is_deployment_blocked),
         (Reply::failure("TASK_NOT_VALID"), |e| e.code() == "TASK_NOT_VALID"),
         (Reply::Throttle, |e| matches!(e, ProtectionError::Throttled { .. })),

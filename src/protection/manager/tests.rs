@@ -297,3 +297,11 @@ async fn a_refresh_point_beyond_the_expiry_falls_back_to_a_third() {
     assert_eq!(backend.calls(), vec![Call::Protect(6), Call::Protect(6)], "refreshed at 4 min only");
     drop(guard);
 }
+
+#[test]
+fn handles_and_guards_cross_threads() {
+    fn send_sync<T: Send + Sync + Clone + 'static>() {}
+    fn send<T: Send + 'static>() {}
+    send_sync::<Protection>();
+    send::<ProtectionGuard>();
+}
