@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::lease::LeaseHandle;
+use crate::{Protection, ProtectionError};
 
 /// The handler's view of the runtime for one message.
 ///
@@ -16,17 +17,18 @@ use crate::lease::LeaseHandle;
 pub struct Context {
     token: CancellationToken,
     leases: Arc<[Arc<LeaseHandle>]>,
+    protection: Option<Protection>,
 }
 
 impl Context {
-    pub(crate) fn new(token: CancellationToken, leases: Vec<Arc<LeaseHandle>>) -> Self {
-        Self { token, leases: leases.into() }
+    pub(crate) fn new(token: CancellationToken, leases: Vec<Arc<LeaseHandle>>, protection: Protection) -> Self {
+        Self { token, leases: leases.into(), protection: Some(protection) }
     }
 
     /// A context bound to no queue, for unit tests of handlers: it is never cancelled unless
     /// the test cancels [`token`](Self::token), and lease extensions do nothing.
     pub fn detached() -> Self {
-        Self { token: CancellationToken::new(), leases: Arc::new([]) }
+        Self { token: CancellationToken::new(), leases: Arc::new([]), protection: None }
     }
 
     /// The cancellation token for this message.
@@ -58,5 +60,20 @@ impl Context {
             lease.extend(visibility).await?;
         }
         Ok(())
+    }
+
+    /// Keeps the ECS task protected from scale-in for at least `at_least` from now, for a long
+    /// step that must not be interrupted: one ECS call now unless the current protection
+    /// already lasts that long; refreshes never shorten it; it ends with the work in flight.
+    /// Does nothing with protection off.
+    ///
+    /// # Errors
+    ///
+    /// ECS refused or could not be reached (in strict and relaxed mode alike).
+    pub async fn extend_protection(&self, at_least: Duration) -> Result<(), ProtectionError> {
+        match &self.protection {
+            Some(protection) => protection.extend(at_least).await,
+            None => Ok(()),
+        }
     }
 }

@@ -21,7 +21,10 @@ use crate::config::MAX_VISIBILITY;
 use crate::lease::{LeaseHandle, Leases};
 use crate::outcome::is_permanent;
 use crate::queue::OutgoingMessage;
-use crate::{BatchHandler, BoxError, Config, Context, Handler, Message, MessageAttribute, Outcome, Queue};
+use crate::{
+    BatchHandler, BoxError, Config, Context, Handler, Message, MessageAttribute, Outcome, Protection, ProtectionGuard,
+    Queue,
+};
 
 /// SQS's limit of message attributes on one message.
 const MAX_ATTRIBUTES: usize = 10;
@@ -54,6 +57,7 @@ pub(crate) struct Dispatcher {
     pub(crate) dead_letter: Option<Queue>,
     pub(crate) acker: Acker,
     pub(crate) leases: Leases,
+    pub(crate) protection: Protection,
     pub(crate) config: Arc<Config>,
     /// Cancelled when the worker stops taking messages.
     pub(crate) intake: CancellationToken,
@@ -133,12 +137,31 @@ impl Dispatcher {
         }
     }
 
-    async fn run_one(self: Arc<Self>, message: Message, _permit: OwnedSemaphorePermit) {
-        if self.intake.is_cancelled() {
-            tracing::debug!(message_id = %message.id, "shutting down: released unstarted message");
-            self.release(&message);
-            return;
+    /// Protects the task before work starts. `None` (the messages were released) when
+    /// shutdown began first, or when strict protection was refused.
+    async fn protect(&self, messages: &[Message]) -> Option<ProtectionGuard> {
+        let held = tokio::select! {
+            biased;
+            _ = self.intake.cancelled() => None,
+            held = self.protection.hold() => Some(held),
+        };
+        match held {
+            Some(Ok(guard)) => Some(guard),
+            Some(Err(error)) => {
+                tracing::warn!(%error, messages = messages.len(), "task not protected from scale-in (strict mode): messages released");
+                messages.iter().for_each(|m| self.release(m));
+                None
+            }
+            None => {
+                tracing::debug!(messages = messages.len(), "shutting down: released unstarted messages");
+                messages.iter().for_each(|m| self.release(m));
+                None
+            }
         }
+    }
+
+    async fn run_one(self: Arc<Self>, message: Message, _permit: OwnedSemaphorePermit) {
+        let Some(_guard) = self.protect(std::slice::from_ref(&message)).await else { return };
         let token = self.deadline.child_token();
         let lease = Arc::new(self.leases.register(&message, token.clone()));
         self.handle(&message, lease, token).await;
@@ -147,6 +170,7 @@ impl Dispatcher {
     /// The messages of one FIFO group, in order. A message that does not complete holds
     /// back the rest: they are released so SQS delivers them again, in order, after it.
     async fn run_group(self: Arc<Self>, group: Vec<Message>, mut permits: Vec<OwnedSemaphorePermit>) {
+        let Some(_guard) = self.protect(&group).await else { return };
         // Every message's visibility clock runs from the receive: lease them all now.
         let tokens: Vec<CancellationToken> = group.iter().map(|_| self.deadline.child_token()).collect();
         let mut leases: Vec<Option<Arc<LeaseHandle>>> =
@@ -167,7 +191,7 @@ impl Dispatcher {
 
     async fn handle(&self, message: &Message, lease: Arc<LeaseHandle>, token: CancellationToken) -> Settled {
         let span = tracing::info_span!("message", message_id = %message.id, receive_count = message.receive_count);
-        let ctx = Context::new(token.clone(), vec![lease.clone()]);
+        let ctx = Context::new(token.clone(), vec![lease.clone()], self.protection.clone());
         let Work::One(handler) = &self.work else { unreachable!("batch routes use run_batch") };
         let call = async { vec![handler.handle(message, &ctx).await] };
         let attempt = self.attempt(call.instrument(span.clone())).await;
@@ -190,16 +214,11 @@ impl Dispatcher {
     }
 
     async fn run_batch(self: Arc<Self>, messages: Vec<Message>, _permits: Vec<OwnedSemaphorePermit>) {
-        if self.intake.is_cancelled() {
-            for message in &messages {
-                self.release(message);
-            }
-            return;
-        }
+        let Some(_guard) = self.protect(&messages).await else { return };
         let token = self.deadline.child_token();
         let leases: Vec<Arc<LeaseHandle>> =
             messages.iter().map(|m| Arc::new(self.leases.register(m, token.clone()))).collect();
-        let ctx = Context::new(token.clone(), leases.clone());
+        let ctx = Context::new(token.clone(), leases.clone(), self.protection.clone());
         let Work::Batch(handler) = &self.work else { unreachable!("single routes use run_one") };
         let span = tracing::info_span!("batch", messages = messages.len());
         let attempt = self.attempt(handler.handle_batch(&messages, &ctx).instrument(span.clone())).await;

@@ -23,6 +23,9 @@ pub use error::{BoxError, Error};
 pub use handler::{BatchHandler, DecodeError, Handler, HandlerFn, JsonFn, handler_fn, json_fn};
 pub use message::{AttributeValue, Message, MessageAttribute, SnsNotification};
 pub use outcome::{Outcome, Permanent};
-pub use protection::ProtectionConfig;
+pub use protection::{
+    Protection, ProtectionBackend, ProtectionConfig, ProtectionError, ProtectionGuard, ProtectionMode, ProtectionState,
+    RemoteProtection,
+};
 pub use queue::{MemoryQueue, MemoryQueueBuilder, OutgoingMessage, Queue, RequestCounts};
 pub use runtime::{Route, Summary, Worker, init_logging};

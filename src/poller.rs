@@ -65,6 +65,12 @@ impl Poller {
             let (request, mut permits) = match retry.take() {
                 Some(pending) => pending,
                 None => {
+                    // Strict protection: take nothing while the task cannot be protected.
+                    tokio::select! {
+                        biased;
+                        _ = self.intake.cancelled() => return Ok(()),
+                        _ = self.dispatcher.protection.ready_for_work() => {}
+                    }
                     let Some(permits) = self.take_slots(backlog).await else { return Ok(()) };
                     let attempt_id = self.queue.is_fifo().then(|| {
                         format!("holdfast-{}-{}", std::process::id(), ATTEMPTS.fetch_add(1, Ordering::Relaxed))
@@ -232,6 +238,7 @@ mod tests {
             dead_letter: None,
             acker,
             leases: Leases::new(queue.clone(), Duration::from_secs(30), Duration::from_secs(5)),
+            protection: crate::Protection::off(),
             config,
             intake: intake.clone(),
             deadline: CancellationToken::new(),

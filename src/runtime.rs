@@ -17,7 +17,7 @@ use crate::dispatch::{Counters, Dispatcher, Work};
 use crate::lease::Leases;
 use crate::poller::{Activity, Poller};
 use crate::queue::{BATCH_MAX, MemoryQueue};
-use crate::{BatchHandler, Config, Error, Handler, LogFormat, Queue};
+use crate::{BatchHandler, Config, Error, Handler, LogFormat, Protection, Queue};
 
 /// What a worker did in one run, returned by [`Worker::run`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -126,6 +126,7 @@ pub struct Worker {
     dead_letter: Option<Queue>,
     main: Option<Work>,
     routes: Vec<Route>,
+    protection: Option<Protection>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -150,7 +151,7 @@ struct Lane {
 impl Worker {
     /// A worker with this configuration.
     pub fn new(config: Config) -> Self {
-        Self { config, queue: None, dead_letter: None, main: None, routes: Vec::new() }
+        Self { config, queue: None, dead_letter: None, main: None, routes: Vec::new(), protection: None }
     }
 
     /// A worker configured from the environment (see the README's table), with logging set
@@ -200,6 +201,15 @@ impl Worker {
     #[must_use]
     pub fn route(mut self, route: Route) -> Self {
         self.routes.push(route);
+        self
+    }
+
+    /// The scale-in protection to use; without it, one is made from the configuration
+    /// (`HOLDFAST_PROTECTION*`) when the worker starts. Pass [`Protection::off`] to test
+    /// without ECS, or a manager shared with other work of the process.
+    #[must_use]
+    pub fn protection(mut self, protection: Protection) -> Self {
+        self.protection = Some(protection);
         self
     }
 
@@ -284,6 +294,10 @@ impl Worker {
         if routes.is_empty() {
             return Err(Error::Incomplete("a handler (Worker::handler or Worker::route)"));
         }
+        let protection = match self.protection {
+            Some(protection) => protection,
+            None => Protection::from_config(&config.protection).await?,
+        };
 
         let intake = CancellationToken::new();
         let deadline = CancellationToken::new();
@@ -307,6 +321,7 @@ impl Worker {
                 dead_letter,
                 acker,
                 leases,
+                protection: protection.clone(),
                 config: config.clone(),
                 intake: intake.clone(),
                 deadline: deadline.clone(),
@@ -405,6 +420,8 @@ impl Worker {
             summary.deleted += lane.ack_stats.deleted.load(Ordering::Relaxed);
             summary.delete_failed += lane.ack_stats.delete_failed.load(Ordering::Relaxed);
         }
+        // Deletes are flushed: the task may be taken now.
+        protection.shutdown().await;
         summary.received = counters.received.load(Ordering::Relaxed);
         summary.succeeded = counters.succeeded.load(Ordering::Relaxed);
         summary.retried = counters.retried.load(Ordering::Relaxed);

@@ -1,14 +1,20 @@
 //! ECS task scale-in protection.
+//!
+//! While work is in flight the task is protected from scale-in and from being replaced by a
+//! deployment; once idle (after a maintain window) ECS may take it. The [`Protection`]
+//! handle counts work with guards; one background task makes every ECS call, through the
+//! agent endpoint or the ECS API, alone or together with the task's other worker processes
+//! through a shared directory.
 
-use crate::config::ConfigError;
+mod agent;
+mod api;
+mod backend;
+mod config;
+mod coordination;
+mod ledger;
+mod manager;
+mod state;
 
-/// Scale-in protection settings (`HOLDFAST_PROTECTION*` variables).
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct ProtectionConfig {}
-
-impl ProtectionConfig {
-    pub(crate) fn from_lookup(_get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        Ok(Self::default())
-    }
-}
+pub use config::{ProtectionBackend, ProtectionConfig, ProtectionMode};
+pub use manager::{Protection, ProtectionGuard};
+pub use state::{ProtectionError, ProtectionState, RemoteProtection};

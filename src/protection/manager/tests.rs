@@ -1,0 +1,307 @@
+//! The manager's timing, on paused tokio time against a scripted backend: call counts are
+//! exact.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep};
+
+use super::*;
+use crate::protection::backend::scripted::{Call, Scripted};
+
+const MIN: Duration = Duration::from_secs(60);
+
+fn config(mode: ProtectionMode) -> ProtectionConfig {
+    ProtectionConfig { mode, ..ProtectionConfig::default() }
+}
+
+fn start(config: &ProtectionConfig) -> (Protection, Arc<Scripted>) {
+    let backend = Arc::new(Scripted::default());
+    (Protection::with_backend(config, backend.clone()), backend)
+}
+
+fn blocked() -> ProtectionError {
+    ProtectionError::DeploymentBlocked { detail: None }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_short_jobs_protects_once_and_releases_once() {
+    let (protection, backend) = start(&config(ProtectionMode::Strict));
+    let permits = Arc::new(tokio::sync::Semaphore::new(8));
+    let mut jobs = tokio::task::JoinSet::new();
+    for _ in 0..1000 {
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        let protection = protection.clone();
+        jobs.spawn(async move {
+            let _guard = protection.hold().await.expect("protected");
+            sleep(Duration::from_millis(10)).await;
+            drop(permit);
+        });
+    }
+    while let Some(job) = jobs.join_next().await {
+        job.unwrap();
+    }
+    let last_job = Instant::now();
+    assert_eq!(backend.calls(), vec![Call::Protect(60)], "protected once, kept through the burst");
+    sleep(Duration::from_secs(29)).await;
+    assert_eq!(backend.calls().len(), 1, "still within the maintain window");
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(backend.calls(), vec![Call::Protect(60), Call::Release]);
+    let released_at = backend.calls.lock().unwrap()[1].1;
+    assert_eq!(released_at - last_job, Duration::from_secs(30));
+    assert_eq!(protection.state(), ProtectionState::Unprotected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_job_is_refreshed_before_each_expiry() {
+    let (protection, backend) = start(&config(ProtectionMode::Strict));
+    let start = Instant::now();
+    let guard = protection.hold().await.unwrap();
+    sleep(3 * 60 * MIN).await; // three expiries
+    drop(guard);
+    sleep(MIN).await;
+    let calls = backend.calls.lock().unwrap().clone();
+    let at: Vec<(Call, u64)> = calls.into_iter().map(|(c, t)| (c, (t - start).as_secs() / 60)).collect();
+    // refreshed with 20 minutes left: every 40 minutes
+    assert_eq!(
+        at,
+        vec![
+            (Call::Protect(60), 0),
+            (Call::Protect(60), 40),
+            (Call::Protect(60), 80),
+            (Call::Protect(60), 120),
+            (Call::Protect(60), 160),
+            (Call::Release, 180),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn overlapping_requests_become_one_call() {
+    let (protection, backend) = start(&config(ProtectionMode::Strict));
+    backend.set_delay(Duration::from_millis(500));
+    let holds: Vec<_> = (0..8).map(|_| protection.hold()).collect();
+    let guards = futures::future::join_all(holds).await;
+    assert!(guards.iter().all(Result::is_ok));
+    assert_eq!(backend.calls(), vec![Call::Protect(60)]);
+    assert_eq!(backend.max_in_flight.load(std::sync::atomic::Ordering::SeqCst), 1);
+    drop(guards);
+    // a new hold while the release is in flight waits for it, then protects again
+    sleep(Duration::from_millis(30_100)).await;
+    assert_eq!(backend.calls(), vec![Call::Protect(60), Call::Release]);
+    let during_release = protection.hold().await.unwrap();
+    assert_eq!(backend.calls(), vec![Call::Protect(60), Call::Release, Call::Protect(60)]);
+    assert!(protection.state().is_protected());
+    drop(during_release);
+    assert_eq!(backend.max_in_flight.load(std::sync::atomic::Ordering::SeqCst), 1, "never two calls at once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_maintain_window_absorbs_gaps_between_jobs() {
+    let (protection, backend) = start(&config(ProtectionMode::Strict));
+    for _ in 0..5 {
+        drop(protection.hold().await.unwrap());
+        sleep(Duration::from_secs(20)).await; // one long poll without messages
+    }
+    assert_eq!(backend.calls(), vec![Call::Protect(60)]);
+    sleep(Duration::from_secs(11)).await;
+    assert_eq!(backend.calls(), vec![Call::Protect(60), Call::Release]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn strict_mode_refuses_work_until_protection_is_back() {
+    let (protection, backend) = start(&config(ProtectionMode::Strict));
+    backend.fail_always(Some(blocked()));
+    let err = protection.hold().await.unwrap_err();
+    assert!(err.is_deployment_blocked(), "{err}");
+    assert!(
+        matches!(protection.state(), ProtectionState::Rejected { ref error, protected_until: None } if error.is_deployment_blocked())
+    );
+    // in backoff: answered at once with the same refusal, no new call
+    assert!(protection.hold().await.unwrap_err().is_deployment_blocked());
+    assert_eq!(backend.calls().len(), 1);
+
+    let ready = tokio::spawn({
+        let protection = protection.clone();
+        async move { protection.ready_for_work().await }
+    });
+    sleep(Duration::from_secs(5)).await;
+    assert!(!ready.is_finished(), "no new work while refused");
+    sleep(Duration::from_secs(10)).await; // first backoff: 7.5 to 15 s
+    assert_eq!(backend.calls().len(), 2, "one probe after the backoff");
+    backend.fail_always(None);
+    // second backoff: 15 to 30 s
+    for _ in 0..300 {
+        if ready.is_finished() {
+            break;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready.is_finished(), "the probe succeeded");
+    assert_eq!(backend.calls().len(), 3);
+    // the probe's protection serves the next job without another call
+    let guard = protection.hold().await.unwrap();
+    assert_eq!(backend.calls().len(), 3);
+    drop(guard);
+    sleep(Duration::from_secs(31)).await;
+    assert_eq!(backend.calls().last(), Some(&Call::Release));
+}
+
+#[tokio::test(start_paused = true)]
+async fn relaxed_mode_carries_on_and_retries_while_busy() {
+    let (protection, backend) = start(&config(ProtectionMode::Relaxed));
+    backend.fail_always(Some(blocked()));
+    let guard = protection.hold().await.expect("relaxed mode works unprotected");
+    protection.ready_for_work().await; // returns at once
+    sleep(Duration::from_secs(100)).await;
+    // refusals back off from 15 s, doubling, with jitter between half and all of it:
+    // attempts at 0, then within [7.5,15], [15,30], [30,60], [60,120] s after each other.
+    let n = backend.calls().len();
+    assert!((3..=5).contains(&n), "{n} attempts in 100 s");
+    drop(guard);
+    sleep(Duration::from_secs(600)).await;
+    assert_eq!(backend.calls().len(), n, "idle and unprotected: no more calls");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_refresh_releases_as_soon_as_the_work_is_done() {
+    let (protection, backend) = start(&config(ProtectionMode::Strict));
+    let guard = protection.hold().await.unwrap();
+    backend.fail_always(Some(blocked()));
+    sleep(40 * MIN + Duration::from_secs(1)).await; // the refresh at 40 min is refused
+    assert_eq!(backend.calls().len(), 2);
+    let state = protection.state();
+    assert!(matches!(state, ProtectionState::Rejected { protected_until: Some(_), .. }), "{state:?}");
+    assert!(state.is_protected(), "the earlier protection still holds");
+    backend.fail_always(None);
+    let released = Instant::now();
+    drop(guard);
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(backend.calls().last(), Some(&Call::Release), "no maintain window after a refusal");
+    assert!(backend.calls.lock().unwrap().last().unwrap().1 - released < Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_can_extend_protection_for_its_work() {
+    let (protection, backend) = start(&config(ProtectionMode::Strict));
+    let start = Instant::now();
+    let guard = protection.hold().await.unwrap();
+    guard.extend(3 * 60 * MIN).await.unwrap();
+    assert_eq!(backend.calls(), vec![Call::Protect(60), Call::Protect(180)]);
+    protection.extend(30 * MIN).await.unwrap();
+    assert_eq!(backend.calls().len(), 2, "already covered");
+    sleep(4 * 60 * MIN).await;
+    drop(guard);
+    let calls = backend.calls.lock().unwrap().clone();
+    let at: Vec<(Call, u64)> = calls.into_iter().map(|(c, t)| (c, (t - start).as_secs() / 60)).collect();
+    // the next refresh comes 20 minutes before the extension ends, and does not shorten it
+    assert_eq!(at[2], (Call::Protect(60), 160));
+    assert_eq!(at[3], (Call::Protect(60), 200));
+    // the extension ended with the work
+    sleep(MIN).await;
+    assert_eq!(backend.calls().last(), Some(&Call::Release));
+    // extend beyond 48 h is capped
+    protection.extend(100 * 60 * MIN).await.unwrap();
+    assert_eq!(backend.calls().last(), Some(&Call::Protect(2880)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_extension_that_is_refused_is_reported_in_both_modes() {
+    for mode in [ProtectionMode::Strict, ProtectionMode::Relaxed] {
+        let (protection, backend) = start(&config(mode));
+        let guard = protection.hold().await.unwrap();
+        backend.push(Err(ProtectionError::Throttled { message: "slow down".into() }));
+        let err = guard.extend(5 * 60 * MIN).await.unwrap_err();
+        assert!(matches!(err, ProtectionError::Throttled { .. }), "{mode:?}: {err}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_releases_even_with_guards_held() {
+    let (protection, backend) = start(&config(ProtectionMode::Strict));
+    let guard = protection.hold().await.unwrap();
+    let mut states = protection.subscribe();
+    protection.shutdown().await;
+    assert_eq!(backend.calls(), vec![Call::Protect(60), Call::Release]);
+    assert_eq!(*states.borrow_and_update(), ProtectionState::ShutDown);
+    assert_eq!(protection.hold().await.unwrap_err(), ProtectionError::ShutDown);
+    protection.shutdown().await; // idempotent
+    drop(guard); // after shutdown: nothing happens
+    sleep(MIN).await;
+    assert_eq!(backend.calls().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_background_task_ends_with_the_last_handle() {
+    let (protection, backend) = start(&config(ProtectionMode::Strict));
+    let guard = protection.hold().await.unwrap();
+    drop(protection);
+    sleep(MIN).await;
+    assert_eq!(backend.calls(), vec![Call::Protect(60)], "a guard keeps the manager alive");
+    drop(guard);
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(backend.calls(), vec![Call::Protect(60), Call::Release], "released on the way out");
+    assert_eq!(Arc::strong_count(&backend), 1, "the driver is gone");
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_errors_back_off_quickly_and_recover() {
+    let (protection, backend) = start(&config(ProtectionMode::Relaxed));
+    for _ in 0..3 {
+        backend.push(Err(ProtectionError::Unavailable { message: "connection refused".into() }));
+    }
+    let guard = protection.hold().await.unwrap();
+    assert!(!protection.state().is_protected());
+    sleep(Duration::from_secs(8)).await; // 0.5-1 s, 1-2 s, 2-4 s
+    assert_eq!(backend.calls().len(), 4);
+    assert!(matches!(protection.state(), ProtectionState::Protected { .. }));
+    drop(guard);
+}
+
+#[tokio::test]
+async fn off_calls_nothing_and_holds_at_once() {
+    let protection = Protection::off();
+    let guard = protection.hold().await.unwrap();
+    protection.extend(MIN).await.unwrap();
+    protection.ready_for_work().await;
+    assert_eq!(protection.state(), ProtectionState::Off);
+    assert!(!protection.is_strict());
+    assert_eq!(protection.backend(), ProtectionBackend::Off);
+    drop(guard);
+    protection.shutdown().await;
+}
+
+#[tokio::test]
+async fn auto_resolves_from_the_ecs_variables() {
+    let mut c = ProtectionConfig::default();
+    assert_eq!(resolve(&c).0, ProtectionBackend::Off);
+    c.metadata_uri = Some("http://127.0.0.1:1/v4/x".into());
+    let (backend, reason) = resolve(&c);
+    assert_eq!(backend, ProtectionBackend::Off);
+    assert!(reason.contains("HOLDFAST_PROTECTION=api"), "{reason}");
+    c.agent_uri = Some("http://127.0.0.1:1/api/x".into());
+    assert_eq!(resolve(&c).0, ProtectionBackend::Agent);
+    let p = Protection::from_config(&c).await.unwrap();
+    assert_eq!(p.backend(), ProtectionBackend::Agent);
+    assert!(p.is_strict());
+    c.backend = ProtectionBackend::Off;
+    assert_eq!(Protection::from_config(&c).await.unwrap().backend(), ProtectionBackend::Off);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_point_beyond_the_expiry_falls_back_to_a_third() {
+    let c = ProtectionConfig { expires_in_minutes: 6, ..config(ProtectionMode::Strict) }; // refresh_before stays 20 min
+    let (protection, backend) = start(&c);
+    let guard = protection.hold().await.unwrap();
+    sleep(5 * MIN).await;
+    assert_eq!(backend.calls(), vec![Call::Protect(6), Call::Protect(6)], "refreshed at 4 min only");
+    drop(guard);
+}
+
+#[test]
+fn handles_and_guards_cross_threads() {
+    fn send_sync<T: Send + Sync + Clone + 'static>() {}
+    fn send<T: Send + 'static>() {}
+    send_sync::<Protection>();
+    send::<ProtectionGuard>();
+}

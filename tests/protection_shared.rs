@@ -1,0 +1,154 @@
+//! Several processes of one task sharing protection through a directory. The test binary
+//! re-executes itself as the second process (`--exact shared_dir_child`, marked by an
+//! environment variable), which holds protection until it is killed.
+
+#[path = "support/fake_ecs.rs"]
+mod fake_ecs;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use fake_ecs::FakeEcs;
+use holdfast::{Protection, ProtectionBackend, ProtectionConfig, ProtectionMode};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const ROLE: &str = "HOLDFAST_TEST_SHARED_ROLE";
+const AGENT: &str = "HOLDFAST_TEST_AGENT_URI";
+const DIR: &str = "HOLDFAST_TEST_SHARED_DIR";
+
+fn config(agent_uri: String, dir: &Path) -> ProtectionConfig {
+    let mut c = ProtectionConfig::default();
+    c.backend = ProtectionBackend::Agent;
+    c.agent_uri = Some(agent_uri);
+    c.mode = ProtectionMode::Strict;
+    c.expires_in_minutes = 5;
+    c.maintain = Duration::from_millis(100);
+    c.shared_dir = Some(dir.to_owned());
+    c.lease_ttl = Duration::from_millis(1500);
+    c
+}
+
+/// The second process: holds protection until it is killed (at most a minute).
+#[tokio::test]
+async fn shared_dir_child() {
+    let Ok(role) = std::env::var(ROLE) else { return };
+    assert_eq!(role, "holder");
+    let agent = std::env::var(AGENT).unwrap();
+    let dir = PathBuf::from(std::env::var(DIR).unwrap());
+    let protection = Protection::from_config(&config(agent, &dir)).await.unwrap();
+    let _guard = protection.hold().await.unwrap();
+    println!("HOLDING {}", std::process::id());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let path = std::env::temp_dir().join(format!("holdfast-{name}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts the second process and waits until it holds protection.
+async fn start_holder(fake: &FakeEcs, dir: &Path) -> Child {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "shared_dir_child", "--nocapture", "--test-threads=1"])
+        .env(ROLE, "holder")
+        .env(AGENT, fake.agent_uri())
+        .env(DIR, dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let holding = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("HOLDING") {
+                return;
+            }
+        }
+        panic!("the holder process ended before it held protection");
+    });
+    holding.await.expect("the holder process holds protection within 30 s");
+    child
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn holders(dir: &Path) -> usize {
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+    state["holders"].as_object().unwrap().len()
+}
+
+#[tokio::test]
+async fn a_killed_process_does_not_keep_the_task_protected() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let fake = FakeEcs::start().await;
+    let dir = TempDir::new("sigkill");
+    let mut child = start_holder(&fake, &dir.0).await;
+    assert_eq!(fake.updates().len(), 1, "the holder protected the task");
+
+    let protection = Protection::from_config(&config(fake.agent_uri(), &dir.0)).await.unwrap();
+    let guard = protection.hold().await.unwrap();
+    assert_eq!(fake.updates().len(), 1, "already protected by the other process: no call");
+    drop(guard);
+    tokio::time::sleep(Duration::from_secs(1)).await; // past our maintain window, several syncs
+    assert!(fake.is_protected(), "the other process still has work");
+    assert_eq!(fake.updates().len(), 1);
+    assert_eq!(holders(&dir.0), 2);
+
+    child.kill().await.unwrap(); // SIGKILL: no chance to release or deregister
+    eventually("released once the dead holder is dropped", || !fake.is_protected()).await;
+    let updates: Vec<Option<bool>> = fake.updates().iter().map(|c| c.enabled).collect();
+    assert_eq!(updates, vec![Some(true), Some(false)], "one call each, by one process");
+    assert_eq!(holders(&dir.0), 1);
+    protection.shutdown().await;
+    assert_eq!(fake.updates().len(), 2);
+}
+
+#[tokio::test]
+async fn a_hung_process_is_dropped_after_its_lease_ttl() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let fake = FakeEcs::start().await;
+    let dir = TempDir::new("sigstop");
+    let mut child = start_holder(&fake, &dir.0).await;
+    let pid = child.id().unwrap().to_string();
+    let protection = Protection::from_config(&config(fake.agent_uri(), &dir.0)).await.unwrap();
+    drop(protection.hold().await.unwrap());
+
+    // Stopped, the process keeps its lock but no longer renews its lease.
+    let status = std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(fake.is_protected(), "within the lease TTL it still counts");
+    eventually("released once the lease expired", || !fake.is_protected()).await;
+    assert_eq!(holders(&dir.0), 1);
+    child.kill().await.unwrap();
+    protection.shutdown().await;
+    let updates: Vec<Option<bool>> = fake.updates().iter().map(|c| c.enabled).collect();
+    assert_eq!(updates, vec![Some(true), Some(false)]);
+}
