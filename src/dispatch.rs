@@ -64,6 +64,41 @@ pub(crate) struct Dispatcher {
     /// Cancelled when the drain deadline passes: running handlers are stopped.
     pub(crate) deadline: CancellationToken,
     pub(crate) counters: Arc<Counters>,
+    /// Tasks dispatched that have not yet passed their protection step.
+    pub(crate) protecting: Arc<Protecting>,
+}
+
+/// Counts message tasks waiting for scale-in protection, so that in strict mode a poller
+/// does not receive again before it knows whether the last messages could be protected (a
+/// refusal would otherwise hand them straight back to a long poll already in flight, and
+/// every receive counts toward the queue's `maxReceiveCount`).
+#[derive(Debug, Default)]
+pub(crate) struct Protecting {
+    pending: std::sync::atomic::AtomicUsize,
+    settled: tokio::sync::Notify,
+}
+
+impl Protecting {
+    fn add(&self, n: usize) {
+        self.pending.fetch_add(n, Ordering::SeqCst);
+    }
+
+    fn done(&self) {
+        if self.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.settled.notify_waiters();
+        }
+    }
+
+    /// Resolves once no dispatched task is waiting for protection.
+    pub(crate) async fn settled(&self) {
+        loop {
+            let notified = self.settled.notified();
+            if self.pending.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 enum Attempt {
@@ -114,6 +149,7 @@ impl Dispatcher {
     ) {
         self.counters.received.fetch_add(messages.len() as u64, Ordering::Relaxed);
         if matches!(self.work, Work::Batch(_)) {
+            self.protecting.add(1);
             tracker.spawn(self.clone().run_batch(messages, permits));
         } else if self.queue.is_fifo() {
             let mut groups: Vec<(Option<String>, Vec<Message>)> = Vec::new();
@@ -126,11 +162,13 @@ impl Dispatcher {
                 });
                 groups[i].1.push(message);
             }
+            self.protecting.add(groups.len());
             for (_, group) in groups {
                 let slots = permits.split_off(permits.len() - group.len());
                 tracker.spawn(self.clone().run_group(group, slots));
             }
         } else {
+            self.protecting.add(messages.len());
             for (message, permit) in messages.into_iter().zip(permits) {
                 tracker.spawn(self.clone().run_one(message, permit));
             }
@@ -145,6 +183,7 @@ impl Dispatcher {
             _ = self.intake.cancelled() => None,
             held = self.protection.hold() => Some(held),
         };
+        self.protecting.done();
         match held {
             Some(Ok(guard)) => Some(guard),
             Some(Err(error)) => {

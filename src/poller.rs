@@ -65,11 +65,17 @@ impl Poller {
             let (request, mut permits) = match retry.take() {
                 Some(pending) => pending,
                 None => {
-                    // Strict protection: take nothing while the task cannot be protected.
-                    tokio::select! {
-                        biased;
-                        _ = self.intake.cancelled() => return Ok(()),
-                        _ = self.dispatcher.protection.ready_for_work() => {}
+                    // Strict protection: take nothing while the task cannot be protected, nor
+                    // before the last messages know whether they could be.
+                    if self.dispatcher.protection.is_strict() {
+                        tokio::select! {
+                            biased;
+                            _ = self.intake.cancelled() => return Ok(()),
+                            _ = async {
+                                self.dispatcher.protecting.settled().await;
+                                self.dispatcher.protection.ready_for_work().await;
+                            } => {}
+                        }
                     }
                     let Some(permits) = self.take_slots(backlog).await else { return Ok(()) };
                     let attempt_id = self.queue.is_fifo().then(|| {
@@ -239,6 +245,7 @@ mod tests {
             acker,
             leases: Leases::new(queue.clone(), Duration::from_secs(30), Duration::from_secs(5)),
             protection: crate::Protection::off(),
+            protecting: Arc::default(),
             config,
             intake: intake.clone(),
             deadline: CancellationToken::new(),

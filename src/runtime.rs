@@ -322,6 +322,7 @@ impl Worker {
                 acker,
                 leases,
                 protection: protection.clone(),
+                protecting: Arc::default(),
                 config: config.clone(),
                 intake: intake.clone(),
                 deadline: deadline.clone(),
