@@ -346,7 +346,7 @@ fn read_variable(name: &str, value: &Yaml, env: &mut HashMap<String, String>) ->
         Yaml::Scalar { .. } if value.is_null() => {
             Some(Problem::new(place, "has no value: the worker treats an empty value as unset; remove it"))
         }
-        Yaml::Scalar { text, plain } => {
+        Yaml::Scalar { text, plain, .. } => {
             // `${NAME}` is filled in from the deploying shell: its value is not known here.
             if !text.contains("${") {
                 env.insert(name.to_owned(), text.clone());
@@ -374,6 +374,14 @@ fn stop_timeout(d: &Yaml, problems: &mut Vec<Problem>) -> (Duration, String) {
     for (i, rule) in rules.iter().enumerate() {
         if rule.get("path").and_then(Yaml::text) != Some(STOP_TIMEOUT_PATH) {
             continue;
+        }
+        if let Some(Yaml::Scalar { alias: true, .. }) = rule.get("value") {
+            problems.push(Problem::new(
+                format!("taskdef_overrides[{i}].value"),
+                "is an alias: Copilot copies this node into the CloudFormation template as it is written, and \
+                 CloudFormation refuses YAML aliases; anchor the number here (value: &stop_timeout N) and alias it \
+                 in the variables (HOLDFAST_STOP_TIMEOUT: *stop_timeout)",
+            ));
         }
         match rule.get("value").and_then(Yaml::text).map(|text| (text, text.parse::<u64>())) {
             Some((_, Ok(secs))) => {
@@ -474,10 +482,12 @@ fn human(d: Duration) -> String {
 /// `off` reach the container as written).
 #[derive(Debug, Clone, PartialEq)]
 enum Yaml {
-    /// A scalar's text, and whether it was written plain (unquoted).
+    /// A scalar's text, whether it was written plain (unquoted), and whether it was written as
+    /// an alias of another (`*name`).
     Scalar {
         text: String,
         plain: bool,
+        alias: bool,
     },
     Seq(Vec<Yaml>),
     /// Entries in document order.
@@ -500,7 +510,7 @@ impl Yaml {
     }
 
     fn is_null(&self) -> bool {
-        let Yaml::Scalar { text, plain: true } = self else { return false };
+        let Yaml::Scalar { text, plain: true, .. } = self else { return false };
         matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL")
     }
 }
@@ -523,11 +533,15 @@ fn parse_yaml(source: &str) -> Result<Yaml, String> {
         let line = span.start.line();
         let (node, anchor) = match event {
             Event::Scalar(text, style, anchor, _) => {
-                (Yaml::Scalar { text: text.into_owned(), plain: style == ScalarStyle::Plain }, anchor)
+                (Yaml::Scalar { text: text.into_owned(), plain: style == ScalarStyle::Plain, alias: false }, anchor)
             }
-            Event::Alias(id) => {
-                (anchors.get(&id).cloned().ok_or(format!("line {line}: alias of an unknown anchor"))?, 0)
-            }
+            Event::Alias(id) => match anchors.get(&id) {
+                Some(Yaml::Scalar { text, plain, .. }) => {
+                    (Yaml::Scalar { text: text.clone(), plain: *plain, alias: true }, 0)
+                }
+                Some(node) => (node.clone(), 0),
+                None => return Err(format!("line {line}: alias of an unknown anchor")),
+            },
             Event::SequenceStart(anchor, _) => {
                 open.push(Open::Seq { anchor, items: Vec::new() });
                 continue;
@@ -554,7 +568,7 @@ fn parse_yaml(source: &str) -> Result<Yaml, String> {
             Some(Open::Seq { items, .. }) => items.push(node),
             Some(Open::Map { entries, key, merges, .. }) => match key.take() {
                 None => match node {
-                    Yaml::Scalar { text, plain } => *key = Some((text, plain, line)),
+                    Yaml::Scalar { text, plain, .. } => *key = Some((text, plain, line)),
                     _ => return Err(format!("line {line}: a map key must be a scalar")),
                 },
                 Some((k, true, _)) if k == "<<" => merges.push(node),
@@ -597,14 +611,14 @@ fn with_merged(mut entries: Vec<(String, Yaml)>, merges: Vec<Yaml>) -> Result<Ve
 // ------------------------------------------------------------------------------------------
 
 fn scalar(text: &str, plain: bool) -> Yaml {
-    Yaml::Scalar { text: text.into(), plain }
+    Yaml::Scalar { text: text.into(), plain, alias: false }
 }
 
 #[test]
 fn aliases_resolve_and_scalars_keep_their_text() {
     let doc = parse_yaml("a: &t 120\nb: *t\nc: '120'\nd: off\ne: 0x10\n").unwrap();
     assert_eq!(doc.get("a"), Some(&scalar("120", true)));
-    assert_eq!(doc.get("b"), Some(&scalar("120", true)));
+    assert_eq!(doc.get("b"), Some(&Yaml::Scalar { text: "120".into(), plain: true, alias: true }));
     assert_eq!(doc.get("c"), Some(&scalar("120", false)));
     assert_eq!(doc.get("d"), Some(&scalar("off", true)));
     assert_eq!(doc.get("e"), Some(&scalar("0x10", true)));
