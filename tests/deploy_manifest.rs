@@ -329,18 +329,18 @@ fn read_variable(name: &str, value: &Yaml, env: &mut HashMap<String, String>) ->
         };
         return Some(Problem::new(place, message));
     }
-    match name {
-        "COPILOT_QUEUE_URI" => {
-            return Some(Problem::new(place, "Copilot sets COPILOT_QUEUE_URI to the service's queue; do not set it"));
-        }
-        "HOLDFAST_QUEUE_URL" => {
-            return Some(Problem::new(
-                place,
-                "would make the worker ignore the queue Copilot creates (COPILOT_QUEUE_URI), which is also the only \
-                 queue the addon policy covers",
-            ));
-        }
-        _ => {}
+    if name.starts_with("COPILOT_") {
+        return Some(Problem::new(
+            place,
+            format!("Copilot sets {name} itself, from the service's resources; do not set it"),
+        ));
+    }
+    if name == "HOLDFAST_QUEUE_URL" {
+        return Some(Problem::new(
+            place,
+            "would make the worker ignore the queue Copilot creates (COPILOT_QUEUE_URI), which is also the only queue \
+             the addon policy covers",
+        ));
     }
     match value {
         Yaml::Scalar { .. } if value.is_null() => {
