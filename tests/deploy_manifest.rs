@@ -389,7 +389,10 @@ fn stop_timeout(d: &Yaml, problems: &mut Vec<Problem>) -> (Duration, String) {
             }
             other => problems.push(Problem::new(
                 format!("taskdef_overrides[{i}].value"),
-                format!("StopTimeout must be a whole number of seconds, not {:?}", other.map(|(text, _)| text)),
+                match other {
+                    Some((text, _)) => format!("StopTimeout must be a whole number of seconds, not {text:?}"),
+                    None => "StopTimeout must be a whole number of seconds".to_owned(),
+                },
             )),
         }
     }
