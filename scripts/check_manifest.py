@@ -7,13 +7,6 @@ For every manifest (by default every copilot/*/manifest.yml):
   durations, ranges and allowed values (subscribe.queue, count, taskdef_overrides, image,
   platform, cpu/memory as a Fargate size, ...), for the manifest and each of its
   `environments` overrides;
-* the worker's configuration: every variable under `variables` must be one the worker
-  reads, with a value it accepts. The list of variables and their accepted values are read
-  from the crate's source (`VARIABLES` in src/config.rs and in src/protection/, and the
-  `parse_int` / `parse_duration` / match arms that read each one), so there is no second
-  list here to fall out of date;
-* the relations that keep a deployment sound: the drain deadline ends a margin before the
-  container's stop timeout, the queue's visibility timeout matches the worker's;
 * what the manifest points at: the Dockerfile (multi-stage, exec-form ENTRYPOINT, non-root
   user) and, for a manifest in the workspace layout (copilot/<name>/manifest.yml), the
   addon templates (the policy grants exactly what the runtime needs; outputs are managed
@@ -21,9 +14,13 @@ For every manifest (by default every copilot/*/manifest.yml):
 
 `--dockerfile FILE` and `--addon FILE` check a Dockerfile or an addon template on its own.
 
+The worker's configuration (the names and values under `variables`, the stop timeout the
+drain must fit in, the queue's visibility timeout) is not checked here: tests/deploy_manifest.rs
+runs the worker's own configuration parser on each manifest (`cargo test --test deploy_manifest`).
+
 Exit status: 0 when everything passes, 1 when something fails (each problem on an
-`ERROR` line), 2 when the checker itself cannot work (for example, it no longer
-understands src/config.rs), so a broken checker never passes for a failing check.
+`ERROR` line), 2 when the checker itself fails, so a broken checker never passes for a
+failing check.
 """
 
 from __future__ import annotations
@@ -32,7 +29,6 @@ import argparse
 import json
 import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,21 +46,13 @@ SEC = 1_000 * MS
 MIN = 60 * SEC
 HOUR = 60 * MIN
 
-# The drain deadline must end this long before ECS sends SIGKILL: after draining, the worker
-# still releases the messages it cancelled, flushes pending deletes and releases protection.
-DRAIN_MARGIN = 5 * SEC
-# ECS's stop timeout when the task definition sets none, and Fargate's ceiling.
-ECS_DEFAULT_STOP_TIMEOUT = 30 * SEC
+# Fargate's ceiling for a container's stop timeout, in seconds.
 FARGATE_MAX_STOP_TIMEOUT = 120
 
 STOP_TIMEOUT_PATH = "ContainerDefinitions[0].StopTimeout"
 
 # What the holdfast runtime calls beyond Copilot's own grants (ReceiveMessage, DeleteMessage).
 REQUIRED_ACTIONS = frozenset({"sqs:ChangeMessageVisibility", "ecs:UpdateTaskProtection", "ecs:GetTaskProtection"})
-
-
-class CheckerBroken(Exception):
-    """The checker cannot do its job: exit 2, never a pass or an ordinary failure."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,379 +91,6 @@ def human(ns: int) -> str:
     return "0s" if ns == 0 else f"{ns}ns"
 
 
-def worker_duration(text: str) -> int | None:
-    """Parses a duration the way src/config.rs does (`parse_duration_text`), in ns.
-
-    A whole number followed by nothing (seconds), `ms`, `s`, `m` or `h`.
-    """
-    text = text.strip()
-    m = re.fullmatch(r"(\d+)(.*)", text, re.S)
-    if not m:
-        return None
-    n = int(m.group(1))
-    unit = m.group(2).strip()
-    scale = {"": SEC, "s": SEC, "ms": MS, "m": MIN, "h": HOUR}.get(unit)
-    if scale is None or n > 2**64 - 1:
-        return None
-    return n * scale
-
-
-# --------------------------------------------------------------------------------------------
-# Reading the worker's variables from the Rust source
-# --------------------------------------------------------------------------------------------
-
-
-def strip_rust_comments(src: str) -> str:
-    """Removes // and /* */ comments, keeping string and char literals intact."""
-    out: list[str] = []
-    i, n = 0, len(src)
-    while i < n:
-        c = src[i]
-        if src.startswith("//", i):
-            j = src.find("\n", i)
-            i = n if j < 0 else j
-        elif src.startswith("/*", i):
-            depth, i = 1, i + 2
-            while i < n and depth:
-                if src.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif src.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
-        elif c == '"':
-            j = i + 1
-            while j < n and src[j] != '"':
-                j += 2 if src[j] == "\\" else 1
-            out.append(src[i : j + 1])
-            i = j + 1
-        elif c == "'":
-            m = re.match(r"'(?:\\.|\\u\{[0-9a-fA-F]+\}|[^\\'])'", src[i:])
-            if m:
-                out.append(m.group(0))
-                i += m.end()
-            else:  # a lifetime
-                out.append(c)
-                i += 1
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)
-
-
-def balanced(text: str, start: int, open_: str, close: str) -> int:
-    """Index just past the bracket that closes the one at `start` (skipping string literals)."""
-    depth, i = 0, start
-    while i < len(text):
-        c = text[i]
-        if c == '"':
-            i += 1
-            while i < len(text) and text[i] != '"':
-                i += 2 if text[i] == "\\" else 1
-        elif c == open_:
-            depth += 1
-        elif c == close:
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    raise CheckerBroken(f"unbalanced {open_}{close} in the Rust source")
-
-
-def call_args(text: str, open_paren: int) -> list[str]:
-    """The top-level, comma-separated arguments of the call whose `(` is at `open_paren`."""
-    end = balanced(text, open_paren, "(", ")")
-    inner = text[open_paren + 1 : end - 1]
-    args, depth, cur, i = [], 0, [], 0
-    while i < len(inner):
-        c = inner[i]
-        if c == '"':
-            j = i + 1
-            while j < len(inner) and inner[j] != '"':
-                j += 2 if inner[j] == "\\" else 1
-            cur.append(inner[i : j + 1])
-            i = j + 1
-            continue
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        if c == "," and depth == 0:
-            args.append("".join(cur).strip())
-            cur = []
-        else:
-            cur.append(c)
-        i += 1
-    if "".join(cur).strip():
-        args.append("".join(cur).strip())
-    return args
-
-
-def string_literals(text: str) -> list[str]:
-    return [json.loads(f'"{s}"') for s in re.findall(r'"((?:\\.|[^"\\])*)"', text)]
-
-
-@dataclass
-class Rule:
-    """What the worker accepts for one variable."""
-
-    variable: str
-    source: str  # file it was read from, for messages
-    keywords: set[str] = field(default_factory=set)
-    case_insensitive: bool = False
-    int_range: tuple[str, str] | None = None  # Rust expressions
-    duration: tuple[str, str, bool] | None = None  # min, max expressions, whole seconds
-    queue_url: bool = False
-
-    def describe(self, spec: "WorkerSpec", env: dict[str, str]) -> str:
-        parts = []
-        if self.keywords:
-            parts.append(" or ".join(sorted(self.keywords)))
-        if self.int_range:
-            lo, hi = (spec.eval_int(e) for e in self.int_range)
-            parts.append(f"a whole number from {lo} to {hi}")
-        if self.duration:
-            lo, hi = (spec.eval_duration(e, env) for e in self.duration[:2])
-            whole = " in whole seconds" if self.duration[2] else ""
-            parts.append(f"a duration (30, 30s, 500ms, 5m, 1h){whole} from {human(lo)} to {human(hi)}")
-        if self.queue_url:
-            parts.append("an SQS queue URL or memory://NAME")
-        return "; or ".join(parts)
-
-
-class WorkerSpec:
-    """The worker's environment variables and the values it accepts, read from the crate."""
-
-    PROVISIONAL_PROTECTION = {"HOLDFAST_PROTECTION": {"auto"}, "HOLDFAST_PROTECTION_MODE": {"strict"}}
-
-    def __init__(self, repo: Path):
-        self.repo = repo
-        self.notes: list[str] = []
-        config_path = repo / "src" / "config.rs"
-        if not config_path.is_file():
-            raise CheckerBroken(f"{config_path} not found")
-        self.config_src = strip_rust_comments(config_path.read_text())
-        self.sources: dict[str, str] = {"src/config.rs": self.config_src}
-        protection = sorted((repo / "src" / "protection").rglob("*.rs")) if (repo / "src" / "protection").is_dir() else []
-        protection_file = repo / "src" / "protection.rs"
-        if protection_file.is_file():
-            protection.append(protection_file)
-        for p in protection:
-            self.sources[str(p.relative_to(repo))] = strip_rust_comments(p.read_text())
-
-        self.variables: list[str] = []
-        self.rules: dict[str, Rule] = {}
-        config_vars = self._variables_const("src/config.rs")
-        if config_vars is None:
-            raise CheckerBroken("src/config.rs declares no `pub const VARIABLES: &[&str]`")
-        self._add_variables(config_vars, "src/config.rs")
-
-        protection_vars: list[str] = []
-        for name in self.sources:
-            if name != "src/config.rs":
-                found = self._variables_const(name)
-                if found is not None:
-                    self._add_variables(found, name)
-                    protection_vars += found
-        provisional = {k: v for k, v in self.PROVISIONAL_PROTECTION.items() if k not in self.rules}
-        if not protection_vars and provisional:
-            # The protection module has not published its variables yet; accept the two
-            # settings the deployment relies on, and nothing else, until it does.
-            for variable, values in provisional.items():
-                self.variables.append(variable)
-                self.rules[variable] = Rule(variable, "provisional list in scripts/check_manifest.py", keywords=set(values))
-            self.notes.append(
-                "src/protection declares no VARIABLES yet: accepting only "
-                + ", ".join(f"{k}={'|'.join(sorted(v))}" for k, v in provisional.items())
-                + " until it does"
-            )
-
-    # -- discovery --------------------------------------------------------------------------
-
-    def _variables_const(self, name: str) -> list[str] | None:
-        m = re.search(r"\bconst\s+VARIABLES\s*:\s*&\s*\[\s*&\s*(?:'static\s+)?str\s*\]\s*=\s*&\s*\[", self.sources[name])
-        if not m:
-            return None
-        end = balanced(self.sources[name], m.end() - 1, "[", "]")
-        return string_literals(self.sources[name][m.end() : end - 1])
-
-    def _add_variables(self, names: list[str], source: str) -> None:
-        for variable in names:
-            if variable in self.rules:
-                continue
-            self.variables.append(variable)
-            self.rules[variable] = self._rule_for(variable, source)
-
-    def _rule_for(self, variable: str, declared_in: str) -> Rule:
-        quoted = json.dumps(variable)
-        for name, src in self.sources.items():
-            if quoted not in src:
-                continue
-            rule = Rule(variable, name)
-            for fn in ("parse_int", "parse_duration"):
-                for m in re.finditer(rf"\b{fn}\s*\(", src):
-                    args = call_args(src, m.end() - 1)
-                    if not args or args[0] != quoted:
-                        continue
-                    if fn == "parse_int":
-                        if len(args) != 4:
-                            raise CheckerBroken(f"{name}: parse_int({variable}) with {len(args)} arguments")
-                        rule.int_range = (args[2], args[3])
-                    else:
-                        if len(args) != 5 or args[4] not in ("true", "false"):
-                            raise CheckerBroken(f"{name}: unexpected parse_duration({variable}, ...) call")
-                        rule.duration = (args[2], args[3], args[4] == "true")
-            if "parse_queue_url" in src and re.search(rf"\(\s*{re.escape(quoted)}\s*,\s*\w+\s*\)", src):
-                rule.queue_url = True
-            for block in self._blocks_reading(src, quoted):
-                for arm in re.finditer(r'((?:"(?:\\.|[^"\\])*"\s*\|\s*)*"(?:\\.|[^"\\])*")\s*=>', block):
-                    rule.keywords.update(string_literals(arm.group(1)))
-                for arr in re.finditer(r'matches!\s*\((.*?)\)|\[\s*((?:"(?:\\.|[^"\\])*"\s*,?\s*)+)\]', block, re.S):
-                    rule.keywords.update(string_literals(arr.group(1) or arr.group(2)))
-                if re.search(r"to_ascii_lowercase|to_lowercase|eq_ignore_ascii_case", block):
-                    rule.case_insensitive = True
-            if rule.keywords or rule.int_range or rule.duration or rule.queue_url:
-                return rule
-        raise CheckerBroken(
-            f"cannot tell which values the worker accepts for {variable} (declared in {declared_in}): "
-            "no parse_int/parse_duration call, match arm or queue-URL parse names it; "
-            "teach scripts/check_manifest.py how that variable is read"
-        )
-
-    @staticmethod
-    def _blocks_reading(src: str, quoted: str) -> list[str]:
-        """The code that handles the value of get("VAR"): the braces or statement after it."""
-        blocks = []
-        for m in re.finditer(rf"\bget\s*\(\s*{re.escape(quoted)}\s*\)", src):
-            i, depth = m.end(), 0
-            while i < len(src):
-                c = src[i]
-                if c == "{" and depth == 0:
-                    blocks.append(src[m.end() : balanced(src, i, "{", "}")])
-                    break
-                if c in "([":
-                    depth += 1
-                elif c in ")]":
-                    depth -= 1
-                elif c == ";" and depth <= 0:
-                    blocks.append(src[m.end() : i])
-                    break
-                elif c == '"':
-                    i += 1
-                    while i < len(src) and src[i] != '"':
-                        i += 2 if src[i] == "\\" else 1
-                i += 1
-        return blocks
-
-    # -- evaluating the Rust bound expressions ----------------------------------------------
-
-    def _const(self, ident: str, ty: str) -> str | None:
-        for src in self.sources.values():
-            m = re.search(rf"\bconst\s+{ident}\s*:\s*{ty}\s*=\s*(.+?);", src, re.S)
-            if m:
-                return m.group(1).strip()
-        return None
-
-    def eval_int(self, expr: str) -> int:
-        e = expr.strip()
-        if re.fullmatch(r"\d[\d_]*(?:u\d+|usize|i\d+|isize)?", e):
-            return int(re.sub(r"[^\d]", "", re.sub(r"(?:u\d+|usize|i\d+|isize)$", "", e)))
-        if re.fullmatch(r"[A-Z_][A-Z0-9_]*", e):
-            value = self._const(e, r"\w+")
-            if value is not None:
-                return self.eval_int(value)
-        raise CheckerBroken(f"cannot evaluate the integer bound `{expr}` from the Rust source")
-
-    def eval_duration(self, expr: str, env: dict[str, str]) -> int:
-        """A Rust Duration expression, in ns. `config.FIELD` is the value the manifest gives that
-        field's variable, or the field's default."""
-        e = " ".join(expr.split())
-        m = re.fullmatch(r"(.+?)\s*([/*])\s*(\d[\d_]*)", e)
-        if m:
-            base, op, k = self.eval_duration(m.group(1), env), m.group(2), int(m.group(3).replace("_", ""))
-            return base // k if op == "/" else base * k
-        if e == "Duration::ZERO":
-            return 0
-        m = re.fullmatch(r"Duration::from_(secs|millis|micros|nanos|mins|hours)\(\s*(\d[\d_]*)\s*\)", e)
-        if m:
-            scale = {"secs": SEC, "millis": MS, "micros": 1_000, "nanos": 1, "mins": MIN, "hours": HOUR}[m.group(1)]
-            return int(m.group(2).replace("_", "")) * scale
-        if re.fullmatch(r"[A-Z_][A-Z0-9_]*", e):
-            value = self._const(e, r"Duration")
-            if value is not None:
-                return self.eval_duration(value, env)
-        m = re.fullmatch(r"config\.(\w+)", e)
-        if m:
-            return self.field_value(m.group(1), env)
-        raise CheckerBroken(f"cannot evaluate the duration bound `{expr}` from the Rust source")
-
-    def variable_for_field(self, name: str) -> str | None:
-        m = re.search(rf"\bconfig\.{name}\s*=\s*[^;]*?\bparse_(?:duration|int)\s*\(\s*\"(\w+)\"", self.config_src, re.S)
-        return m.group(1) if m else None
-
-    def field_default(self, name: str, env: dict[str, str]) -> int:
-        m = re.search(r"impl\s+Default\s+for\s+Config\s*\{", self.config_src)
-        if not m:
-            raise CheckerBroken("src/config.rs: no `impl Default for Config`")
-        body = self.config_src[m.end() : balanced(self.config_src, m.end() - 1, "{", "}")]
-        found = re.search(rf"\b{name}\s*:\s*([^,\n]+),", body)
-        if found:
-            return self.eval_duration(found.group(1), env)
-        if re.search(rf"\b{name}\s*,", body):
-            let = re.search(rf"\blet\s+{name}\s*=\s*(.+?);", body, re.S)
-            if let:
-                return self.eval_duration(let.group(1), env)
-        raise CheckerBroken(f"src/config.rs: cannot find the default of Config::{name}")
-
-    def field_value(self, name: str, env: dict[str, str]) -> int:
-        variable = self.variable_for_field(name)
-        if variable and variable in env:
-            parsed = worker_duration(env[variable])
-            if parsed is not None:
-                return parsed
-        return self.field_default(name, env)
-
-    def default_of(self, variable: str, env: dict[str, str]) -> int:
-        m = re.search(rf"\bconfig\.(\w+)\s*=\s*[^;]*?\bparse_duration\s*\(\s*\"{variable}\"", self.config_src, re.S)
-        if not m:
-            raise CheckerBroken(f"src/config.rs: cannot find which Config field {variable} sets")
-        return self.field_default(m.group(1), env)
-
-    # -- checking a value -------------------------------------------------------------------
-
-    def check(self, variable: str, value: str, env: dict[str, str]) -> str | None:
-        """None when the worker accepts `value` for `variable`, else what it accepts."""
-        rule = self.rules[variable]
-        v = value.strip()
-        if rule.keywords:
-            if (v.lower() if rule.case_insensitive else v) in {k.lower() if rule.case_insensitive else k for k in rule.keywords}:
-                return None
-        if rule.int_range and re.fullmatch(r"\d+", v):
-            lo, hi = (self.eval_int(e) for e in rule.int_range)
-            if lo <= int(v) <= hi:
-                return None
-        if rule.duration:
-            parsed = worker_duration(v)
-            lo, hi = (self.eval_duration(e, env) for e in rule.duration[:2])
-            if parsed is not None and lo <= parsed <= hi and not (rule.duration[2] and parsed % SEC):
-                return None
-        if rule.queue_url and valid_queue_url(v):
-            return None
-        return rule.describe(self, env)
-
-
-def valid_queue_url(url: str) -> bool:
-    """Mirrors parse_queue_url in src/config.rs."""
-    if url.startswith("memory://"):
-        name = url[len("memory://") :]
-        return bool(name) and "/" not in name
-    for scheme in ("https://", "http://"):
-        if url.startswith(scheme):
-            host, sep, path = url[len(scheme) :].partition("/")
-            return bool(host) and bool(sep) and bool(path.strip("/"))
-    return False
-
-
 # --------------------------------------------------------------------------------------------
 # CloudFormation YAML (short-form intrinsic tags)
 # --------------------------------------------------------------------------------------------
@@ -509,21 +124,11 @@ CfnLoader.add_multi_constructor("!", _cfn_tag)
 class Report:
     def __init__(self) -> None:
         self.errors: list[str] = []
-        self.notes: list[str] = []
 
     def error(self, file: Path | str, where: str, message: str) -> None:
         line = f"ERROR {display(file)}: {where + ': ' if where else ''}{message}"
-        # An environment inherits the manifest's problems: report those once, without the
-        # "environments.<env>: " prefix.
-        inherited = re.sub(r"^environments\.[^:]+: ", "", where)
-        base = f"ERROR {display(file)}: {inherited + ': ' if inherited else ''}{message}"
-        if line not in self.errors and base not in self.errors:
+        if line not in self.errors:
             self.errors.append(line)
-
-    def note(self, file: Path | str, message: str) -> None:
-        line = f"note  {display(file)}: {message}"
-        if line not in self.notes:
-            self.notes.append(line)
 
 
 def display(path: Path | str) -> str:
@@ -561,8 +166,7 @@ SHELLS = {"sh", "bash", "ash", "dash", "zsh", "/bin/sh", "/bin/bash", "/usr/bin/
 
 
 class ManifestChecker:
-    def __init__(self, spec: WorkerSpec, report: Report, root: Path):
-        self.spec = spec
+    def __init__(self, report: Report, root: Path):
         self.r = report
         self.root = root
 
@@ -645,11 +249,6 @@ class ManifestChecker:
             where = f"environments.{env_name}"
             override = self._map(f, where, override, CONFIG_KEYS)
             self.check_config(f, where + ".", override, partial=True)
-        # The worker-level checks apply to what each environment actually deploys.
-        self.check_worker(f, "", doc)
-        for env_name, override in envs.items():
-            if isinstance(override, dict):
-                self.check_worker(f, f"environments.{env_name}: ", merge(doc, override))
 
     def check_config(self, f: Path, p: str, d: dict, partial: bool = False) -> None:
         image = d.get("image")
@@ -954,112 +553,6 @@ class ManifestChecker:
             if path == STOP_TIMEOUT_PATH and "value" in rule:
                 self._int(f, rp + ".value", rule["value"], 0, FARGATE_MAX_STOP_TIMEOUT)
 
-    # -- the worker running in it -----------------------------------------------------------
-
-    def check_worker(self, f: Path, p: str, d: dict) -> None:
-        variables = d.get("variables") if isinstance(d.get("variables"), dict) else {}
-        env: dict[str, str] = {}
-        unchecked: list[str] = []
-        for name, raw in variables.items():
-            where = f"{p}variables.{name}"
-            if name not in self.spec.rules:
-                close = [v for v in self.spec.variables if v.replace("_", "") == str(name).replace("_", "") or _near(v, str(name))]
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                self.r.error(f, where, f"the worker does not read {name}{hint}; it reads {', '.join(self.spec.variables)}")
-                continue
-            if isinstance(raw, dict):
-                unchecked.append(name)
-                continue
-            if isinstance(raw, bool):
-                self.r.error(
-                    f, where, f"unquoted, YAML 1.1 tools read this value as the boolean {raw} "
-                    "(Copilot's parser may not): quote it so every tool reads the same string"
-                )
-                continue
-            if isinstance(raw, float) or not isinstance(raw, (str, int)):
-                self.r.error(f, where, f"must be a string, not {raw!r}")
-                continue
-            value = str(raw)
-            if not value.strip():
-                self.r.error(f, where, "is empty: the worker treats an empty value as unset; remove it")
-                continue
-            if "${" in value:
-                unchecked.append(name)
-                continue
-            env[name] = value
-            if name == "COPILOT_QUEUE_URI":
-                self.r.error(f, where, "is set by Copilot to the service's queue; do not set it in the manifest")
-            elif name == "HOLDFAST_QUEUE_URL":
-                self.r.error(
-                    f, where, "would make the worker ignore the queue Copilot creates (COPILOT_QUEUE_URI), "
-                    "which is also the only queue the addon policy covers"
-                )
-        for name, value in env.items():
-            problem = self.spec.check(name, value, env)
-            if problem:
-                self.r.error(f, f"{p}variables.{name}", f"{value!r} is not accepted by the worker: expected {problem}")
-        if unchecked:
-            self.r.note(f, f"{p}values of {', '.join(unchecked)} come from CloudFormation or the shell at deploy time and are not checked")
-
-        # Drain deadline vs. the container's stop timeout.
-        stop_ns, stop_where = ECS_DEFAULT_STOP_TIMEOUT, "ECS's default stop timeout"
-        for rule in d.get("taskdef_overrides") or []:
-            if isinstance(rule, dict) and rule.get("path") == STOP_TIMEOUT_PATH and isinstance(rule.get("value"), int):
-                stop_ns, stop_where = rule["value"] * SEC, f"taskdef_overrides {STOP_TIMEOUT_PATH}"
-        drain_var = "HOLDFAST_DRAIN_TIMEOUT"
-        if drain_var in self.spec.rules and drain_var not in unchecked:
-            if drain_var in env:
-                drain_ns, drain_where = worker_duration(env[drain_var]), drain_var
-            else:
-                drain_ns, drain_where = self.spec.default_of(drain_var, env), f"the default {drain_var}"
-            if drain_ns is not None and drain_ns + DRAIN_MARGIN > stop_ns:
-                self.r.error(
-                    f, f"{p}variables.{drain_var}",
-                    f"{drain_where} ({human(drain_ns)}) must end at least {human(DRAIN_MARGIN)} before {stop_where} "
-                    f"({human(stop_ns)}): after the drain the worker still releases messages, flushes deletes and "
-                    "releases protection before ECS sends SIGKILL",
-                )
-
-        # The queue's default visibility timeout and the one the worker receives with.
-        queue = (d.get("subscribe") or {}).get("queue") if isinstance(d.get("subscribe"), dict) else None
-        vis_var = "HOLDFAST_VISIBILITY_TIMEOUT"
-        if isinstance(queue, dict) and isinstance(queue.get("timeout"), str) and vis_var in self.spec.rules:
-            queue_ns = go_duration(queue["timeout"])
-            worker_ns = worker_duration(env[vis_var]) if vis_var in env else self.spec.default_of(vis_var, env)
-            if queue_ns is not None and queue_ns % SEC == 0 and worker_ns is not None and queue_ns != worker_ns:
-                self.r.error(
-                    f, f"{p}subscribe.queue.timeout",
-                    f"{queue['timeout']} differs from the worker's {vis_var} ({human(worker_ns)}): the worker receives "
-                    "with its own value, so keep the queue's default the same to avoid two visibility timeouts",
-                )
-
-
-def _near(a: str, b: str) -> bool:
-    """One edit apart (a typo)."""
-    if abs(len(a) - len(b)) > 1:
-        return False
-    if len(a) == len(b):
-        return sum(x != y for x, y in zip(a, b)) <= 1 or any(
-            a[:i] + a[i + 1] + a[i] + a[i + 2 :] == b for i in range(len(a) - 1)
-        )
-    short, long_ = sorted((a, b), key=len)
-    return any(long_[:i] + long_[i + 1 :] == short for i in range(len(long_)))
-
-
-def merge(base: dict, override: dict) -> dict:
-    """What Copilot deploys to one environment: maps merge, everything else is replaced."""
-    out = dict(base)
-    out.pop("environments", None)
-    for k, v in override.items():
-        if k == "count":
-            out[k] = v
-        elif isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # Dockerfile
 # --------------------------------------------------------------------------------------------
@@ -1138,7 +631,7 @@ def _listify(v: Any) -> list:
     return v if isinstance(v, list) else [v]
 
 
-def check_addon(path: Path, r: Report, spec: WorkerSpec | None) -> set[str]:
+def check_addon(path: Path, r: Report) -> set[str]:
     """Checks one addon template; returns the actions its managed policies allow."""
     try:
         tpl = yaml.load(path.read_text(), Loader=CfnLoader)
@@ -1165,11 +658,10 @@ def check_addon(path: Path, r: Report, spec: WorkerSpec | None) -> set[str]:
         if resource_type == "AWS::EC2::SecurityGroup":  # attached to the service, not injected
             continue
         env_name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).upper()
-        known = spec is not None and env_name in spec.rules
         r.error(
             path, f"Outputs.{key}",
-            f"is not a managed policy, so Copilot injects it into the container as {env_name}"
-            + ("" if known else ", a variable the worker does not read"),
+            f"is not a managed policy, so Copilot injects it into the container as {env_name}: output the "
+            "managed policy only",
         )
 
     allowed: set[str] = set()
@@ -1204,56 +696,11 @@ def check_addon(path: Path, r: Report, spec: WorkerSpec | None) -> set[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Self-test: the checker against the crate's own expectations
-# --------------------------------------------------------------------------------------------
-
-
-def self_test(spec: WorkerSpec) -> int:
-    """Runs the variable checks on the values src/config.rs's unit tests use.
-
-    A `("VAR", "value", "hint")` triple there is a value the worker must refuse; the pairs in
-    a `parse(&[...]).unwrap()` call are a configuration it must accept. Agreement on both
-    shows the rules read from the source behave like the Rust code.
-    """
-    src = spec.config_src
-    start = src.find("#[cfg(test)]")
-    tests = src[start:] if start >= 0 else ""
-    literal = r'"((?:\\.|[^"\\])*)"'  # a Rust string literal, its contents captured
-    other = r'"(?:\\.|[^"\\])*"'  # one not captured
-    problems: list[str] = []
-    cases = 0
-    for var, value in re.findall(rf"\(\s*\"([A-Z][A-Z0-9_]*)\"\s*,\s*{literal}\s*,\s*{other}\s*\)", tests):
-        if var not in spec.rules:
-            continue
-        value = json.loads(f'"{value}"')
-        cases += 1
-        if spec.check(var, value, {var: value}) is None:
-            problems.append(f"accepts {var}={value!r}, which the tests in src/config.rs expect refused")
-    for m in re.finditer(r"\bparse\s*\(\s*&\s*\[(.*?)\]\s*\)\s*\.unwrap\(\)", tests, re.S):
-        pairs = [(v, json.loads(f'"{x}"')) for v, x in re.findall(rf"\(\s*\"([A-Z][A-Z0-9_]*)\"\s*,\s*{literal}\s*\)", m.group(1))]
-        env = dict(pairs)
-        for var, value in pairs:
-            if var not in spec.rules:
-                continue
-            cases += 1
-            problem = spec.check(var, value, env)
-            if problem:
-                problems.append(f"refuses {var}={value!r} ({problem}), which the tests in src/config.rs expect accepted")
-    for p in problems:
-        print(f"ERROR self-test: {p}")
-    if not cases:
-        print("ERROR self-test: found no test cases in src/config.rs to compare against; update self_test()")
-        return 1
-    print(f"self-test: {cases - len(problems)} of {cases} values from src/config.rs's tests judged as the tests expect")
-    return 1 if problems else 0
-
-
-# --------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------
 
 
-def check_workspace_addons(manifest: Path, r: Report, spec: WorkerSpec, holdfast_templates: dict[Path, str]) -> None:
+def check_workspace_addons(manifest: Path, r: Report, holdfast_templates: dict[Path, str]) -> None:
     addons = manifest.parent / "addons"
     templates = sorted(p for p in addons.glob("*.y*ml") if p.name != "addons.parameters.yml") if addons.is_dir() else []
     if not templates:
@@ -1264,7 +711,7 @@ def check_workspace_addons(manifest: Path, r: Report, spec: WorkerSpec, holdfast
         return
     granted: set[str] = set()
     for t in templates:
-        actions = check_addon(t, r, spec)
+        actions = check_addon(t, r)
         granted |= actions
         if actions & REQUIRED_ACTIONS:
             holdfast_templates[t] = t.read_text()
@@ -1277,33 +724,26 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("manifests", nargs="*", type=Path, help="manifest files (default: copilot/*/manifest.yml)")
     ap.add_argument("--root", type=Path, default=REPO, help="workspace root (image.build paths are relative to it)")
-    ap.add_argument("--crate", type=Path, default=REPO, help="crate whose src/ defines the worker's variables")
     ap.add_argument("--dockerfile", type=Path, action="append", default=[], help="check a Dockerfile on its own")
     ap.add_argument("--addon", type=Path, action="append", default=[], help="check an addon template on its own")
-    ap.add_argument("--self-test", action="store_true", help="compare the variable checks with src/config.rs's tests")
     args = ap.parse_args(argv)
 
     report = Report()
     try:
-        spec = WorkerSpec(args.crate)
-        if args.self_test:
-            return self_test(spec)
-        for note in spec.notes:
-            report.note("src", note)
         root = args.root.resolve()
         manifests = args.manifests
         if not manifests and not args.dockerfile and not args.addon:
             manifests = sorted((root / "copilot").glob("*/manifest.yml"))
             if not manifests:
                 report.error(root / "copilot", "", "no copilot/*/manifest.yml found")
-        checker = ManifestChecker(spec, report, root)
+        checker = ManifestChecker(report, root)
         holdfast_templates: dict[Path, str] = {}
         for m in manifests:
             m = m.resolve()
             in_workspace = m.name == "manifest.yml" and m.parent.parent == root / "copilot"
             checker.check_file(m, m.parent.name if in_workspace else None)
             if in_workspace:
-                check_workspace_addons(m, report, spec, holdfast_templates)
+                check_workspace_addons(m, report, holdfast_templates)
             print(f"checked {display(m)}")
         if len(set(holdfast_templates.values())) > 1:
             report.error(
@@ -1314,11 +754,8 @@ def main(argv: list[str]) -> int:
             check_dockerfile(d, report)
             print(f"checked {display(d)}")
         for a in args.addon:
-            check_addon(a, report, spec)
+            check_addon(a, report)
             print(f"checked {display(a)}")
-    except CheckerBroken as e:
-        print(f"BROKEN: {e}", file=sys.stderr)
-        return 2
     except Exception:  # a bug in the checker must not read as a verdict on the assets
         import traceback
 
@@ -1326,8 +763,6 @@ def main(argv: list[str]) -> int:
         print("BROKEN: scripts/check_manifest.py failed unexpectedly (see above)", file=sys.stderr)
         return 2
 
-    for line in report.notes:
-        print(line)
     for line in report.errors:
         print(line)
     if report.errors:

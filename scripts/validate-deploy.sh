@@ -4,9 +4,11 @@
 #   - every Copilot addon template with cfn-lint;
 #   - the Dockerfile with hadolint;
 #   - every copilot/*/manifest.yml with scripts/check_manifest.py (Worker Service schema, the
-#     worker's variables as src/config.rs reads them, drain vs. stop timeout, the Dockerfile
-#     and addon policy each manifest relies on), after checking that the checker judges the
-#     values in src/config.rs's own tests the way those tests expect;
+#     Dockerfile and addon policy each manifest relies on);
+#   - the worker's configuration in every manifest with tests/deploy_manifest.rs (`cargo test
+#     --test deploy_manifest`): the variables run through the worker's own parser, the stop
+#     timeout the drain must fit in and the queue's visibility timeout, and its own negative
+#     fixtures under tests/manifests/;
 #   - that the Dockerfile's dependency skeleton (scripts/docker-skeleton.sh) keeps every
 #     cargo target of the crate, including the example it builds;
 #   - that each negative fixture in scripts/testdata/ is refused, for the reason it names.
@@ -138,8 +140,13 @@ if [ "${#addons[@]}" -eq 0 ]; then
     fail "addon templates present"
 fi
 expect_pass "hadolint Dockerfile" "$HADOLINT" --no-color Dockerfile
-expect_pass "check_manifest.py agrees with src/config.rs's tests" "$PY" scripts/check_manifest.py --self-test
 expect_pass "check_manifest.py copilot/*/manifest.yml" "$PY" scripts/check_manifest.py
+if command -v cargo >/dev/null; then
+    expect_pass "cargo test --test deploy_manifest (the worker's parser on copilot/*/manifest.yml)" \
+        cargo test --locked --test deploy_manifest
+else
+    skip "cargo test --test deploy_manifest (cargo not found)"
+fi
 
 # The Dockerfile builds its dependency layer from scripts/docker-skeleton.sh's output: that
 # skeleton must keep every cargo target (cargo refuses a manifest whose targets are missing)
