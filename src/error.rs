@@ -34,3 +34,9 @@ pub enum Error {
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
+
+impl From<crate::ProtectionError> for Error {
+    fn from(error: crate::ProtectionError) -> Self {
+        Error::Protection(error.to_string())
+    }
+}
