@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use aws_config::SdkConfig;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +15,7 @@ use crate::acker::{AckStats, Acker};
 use crate::dispatch::{Counters, Dispatcher, Work};
 use crate::lease::Leases;
 use crate::poller::{Activity, Poller};
-use crate::queue::{BATCH_MAX, MemoryQueue};
+use crate::queue::{BATCH_MAX, Opener};
 use crate::{BatchHandler, Config, Error, Handler, LogFormat, Protection, Queue};
 
 /// What a worker did in one run, returned by [`Worker::run`].
@@ -443,25 +442,6 @@ impl Worker {
             Some(error) => Err(error),
             None => Ok(summary),
         }
-    }
-}
-
-/// Opens queues by URL, loading the AWS configuration once.
-#[derive(Default)]
-struct Opener {
-    aws: Option<SdkConfig>,
-}
-
-impl Opener {
-    async fn open(&mut self, url: &str) -> Queue {
-        if let Some(name) = url.strip_prefix("memory://") {
-            return Queue::memory(&MemoryQueue::new(name));
-        }
-        if self.aws.is_none() {
-            self.aws = Some(aws_config::load_from_env().await);
-        }
-        let aws = self.aws.as_ref().expect("loaded above");
-        Queue::sqs(aws_sdk_sqs::Client::new(aws), url)
     }
 }
 

@@ -6,18 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Backend, Calls, Options, TestQueue, eventually};
+use common::{Backend, Calls, Options, TestQueue, eventually, start};
 use holdfast::{BoxError, Outcome, Worker, handler_fn, json_fn};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-
-/// Runs `worker` in the background; returns its join handle and the trigger that stops it.
-fn start(worker: Worker) -> (tokio::task::JoinHandle<Result<holdfast::Summary, holdfast::Error>>, Arc<Notify>) {
-    let stop = Arc::new(Notify::new());
-    let signal = stop.clone();
-    let handle = tokio::spawn(worker.run_until(async move { signal.notified().await }));
-    (handle, stop)
-}
 
 async fn acknowledges_in_batches(backend: Backend) {
     let q = TestQueue::new(backend, "batch", Options::default()).await;
@@ -271,29 +263,6 @@ async fn retry_outcome_sets_the_visibility(backend: Backend) {
     let gap = times[1] - times[0];
     assert!(gap >= Duration::from_millis(2900) && gap < Duration::from_secs(7), "retried after {gap:?}");
     assert_eq!((summary.retried, summary.deleted), (1, 1));
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::common::init_tracing();
-                    super::$name(super::Backend::Memory).await;
-                }
-            )*
-        }
-        mod sqs {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::common::init_tracing();
-                    super::$name(super::Backend::Sqs).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_backends!(

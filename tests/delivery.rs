@@ -9,20 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Backend, Calls, Options, TestQueue, eventually};
+use common::{Backend, Calls, Options, TestQueue, eventually, start};
 use holdfast::{
     BatchHandler, BoxError, Context, Message, MessageAttribute, Outcome, OutgoingMessage, Permanent, Route, Worker,
     async_trait, handler_fn, json_fn,
 };
-use tokio::sync::Notify;
 use tokio::time::Instant;
-
-fn start(worker: Worker) -> (tokio::task::JoinHandle<Result<holdfast::Summary, holdfast::Error>>, Arc<Notify>) {
-    let stop = Arc::new(Notify::new());
-    let signal = stop.clone();
-    let handle = tokio::spawn(worker.run_until(async move { signal.notified().await }));
-    (handle, stop)
-}
 
 /// Counts handlers running at once, and the most seen.
 #[derive(Default, Clone)]
@@ -397,29 +389,6 @@ async fn every_attribute_type_and_a_one_mebibyte_message_arrive_intact(backend: 
     assert_eq!(msg.message_attribute("b").unwrap().as_bytes(), Some(&[0u8, 159, 146, 150][..]));
     assert_eq!(msg.message_attribute("f").unwrap().data_type(), "Number.float");
     assert!(msg.sent_timestamp().is_some());
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::common::init_tracing();
-                    super::$name(super::Backend::Memory).await;
-                }
-            )*
-        }
-        mod sqs {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::common::init_tracing();
-                    super::$name(super::Backend::Sqs).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_backends!(

@@ -206,13 +206,7 @@ impl Queue {
     /// with a client from aws-config's standard chain (`AWS_REGION`, `AWS_ENDPOINT_URL_SQS`,
     /// credentials, …).
     pub async fn from_url(url: &str) -> Self {
-        match url.strip_prefix("memory://") {
-            Some(name) => Self::memory(&MemoryQueue::new(name)),
-            None => {
-                let shared = aws_config::load_from_env().await;
-                Self::sqs(aws_sdk_sqs::Client::new(&shared), url)
-            }
-        }
+        Opener::default().open(url).await
     }
 
     pub(crate) fn from_backend(url: String, fifo: bool, backend: impl QueueBackend) -> Self {
@@ -268,5 +262,24 @@ impl Queue {
     ) -> Result<Vec<BatchFailure>, QueueError> {
         self.counters.change_visibility.fetch_add(1, Ordering::Relaxed);
         self.backend.change_visibility_batch(entries).await
+    }
+}
+
+/// Opens queues by URL, loading the AWS configuration once.
+#[derive(Default)]
+pub(crate) struct Opener {
+    aws: Option<aws_config::SdkConfig>,
+}
+
+impl Opener {
+    pub(crate) async fn open(&mut self, url: &str) -> Queue {
+        if let Some(name) = url.strip_prefix("memory://") {
+            return Queue::memory(&MemoryQueue::new(name));
+        }
+        if self.aws.is_none() {
+            self.aws = Some(aws_config::load_from_env().await);
+        }
+        let aws = self.aws.as_ref().expect("loaded above");
+        Queue::sqs(aws_sdk_sqs::Client::new(aws), url)
     }
 }

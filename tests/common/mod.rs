@@ -312,3 +312,39 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// Runs `worker` in the background; returns its join handle and the trigger that stops it.
+pub fn start(
+    worker: holdfast::Worker,
+) -> (tokio::task::JoinHandle<Result<holdfast::Summary, holdfast::Error>>, Arc<tokio::sync::Notify>) {
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let signal = stop.clone();
+    let handle = tokio::spawn(worker.run_until(async move { signal.notified().await }));
+    (handle, stop)
+}
+
+/// Instantiates each named `async fn(Backend)` as a test on the embedded queue (`memory::`)
+/// and on the local SQS server (`sqs::`).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::common::init_tracing();
+                    super::$name(super::Backend::Memory).await;
+                }
+            )*
+        }
+        mod sqs {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::common::init_tracing();
+                    super::$name(super::Backend::Sqs).await;
+                }
+            )*
+        }
+    };
+}
