@@ -273,4 +273,91 @@ mod tests {
         assert_eq!(counters.released.load(Ordering::Relaxed), 3);
         assert_eq!(memory.visible_len(), 3, "visible again at once, not after 30 s");
     }
+
+    /// A FIFO queue whose first receive fails in transit, recording each request.
+    struct DropsFirstReceive {
+        inner: MemoryQueue,
+        requests: Arc<std::sync::Mutex<Vec<(usize, Option<String>)>>>,
+    }
+
+    #[async_trait]
+    impl QueueBackend for DropsFirstReceive {
+        async fn receive(&self, request: &ReceiveRequest) -> Result<Vec<Message>, QueueError> {
+            let first = {
+                let mut requests = self.requests.lock().unwrap();
+                requests.push((request.max_messages, request.attempt_id.clone()));
+                requests.len() == 1
+            };
+            if first {
+                return Err(QueueError::transient("connection reset"));
+            }
+            self.inner.receive(request).await
+        }
+        async fn delete_batch(&self, e: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
+            self.inner.delete_batch(e).await
+        }
+        async fn change_visibility_batch(&self, e: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
+            self.inner.change_visibility_batch(e).await
+        }
+        async fn send(&self, m: &OutgoingMessage) -> Result<String, QueueError> {
+            self.inner.send(m).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fifo_receive_that_failed_in_transit_is_retried_with_the_same_attempt_id() {
+        let memory = MemoryQueue::builder("attempt.fifo").fifo().build();
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let backend = DropsFirstReceive { inner: memory.clone(), requests: requests.clone() };
+        let queue = Queue::from_backend("memory://attempt.fifo".into(), true, backend);
+        queue.send(OutgoingMessage::new("a").group_id("g")).await.unwrap();
+        let intake = CancellationToken::new();
+        let (acker, _, acker_task) = Acker::spawn(queue.clone(), Duration::from_millis(100), 1);
+        let handled = Arc::new(AtomicUsize::new(0));
+        let seen = handled.clone();
+        let dispatcher = Arc::new(Dispatcher {
+            work: crate::dispatch::Work::One(Arc::new(handler_fn(move |_m, _c| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, BoxError>(Outcome::Ack) }
+            }))),
+            queue: queue.clone(),
+            dead_letter: None,
+            acker,
+            leases: Leases::new(queue.clone(), Duration::from_secs(30), Duration::from_secs(5)),
+            protection: crate::Protection::off(),
+            protecting: Arc::default(),
+            config: Arc::new(Config::default()),
+            intake: intake.clone(),
+            deadline: CancellationToken::new(),
+            counters: Arc::new(Counters::default()),
+        });
+        let tracker = TaskTracker::new();
+        let poller = Poller {
+            queue: queue.clone(),
+            slots: Arc::new(Semaphore::new(4)),
+            dispatcher: dispatcher.clone(),
+            tracker: tracker.clone(),
+            intake: intake.clone(),
+            wait_time: Duration::from_secs(1),
+            visibility_timeout: Duration::from_secs(30),
+            batch_target: 4,
+            batch_window: Duration::ZERO,
+            activity: Arc::new(Activity::new()),
+        };
+        let polling = tokio::spawn(poller.run());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        intake.cancel();
+        polling.await.unwrap().unwrap();
+        tracker.close();
+        tracker.wait().await;
+        drop(dispatcher);
+        acker_task.await.unwrap();
+        let requests = requests.lock().unwrap().clone();
+        assert!(requests.len() >= 2, "{requests:?}");
+        assert!(requests[0].1.is_some(), "FIFO receives carry an attempt id");
+        assert_eq!(requests[1], requests[0], "the retry repeats the failed request exactly");
+        assert_ne!(requests.get(2).map(|r| &r.1), Some(&requests[0].1), "a new receive gets a new id");
+        assert_eq!(handled.load(Ordering::SeqCst), 1);
+        assert!(memory.is_empty());
+    }
 }
