@@ -274,10 +274,13 @@ mod tests {
         assert_eq!(memory.visible_len(), 3, "visible again at once, not after 30 s");
     }
 
+    /// Each receive's size and attempt id.
+    type RequestLog = Arc<std::sync::Mutex<Vec<(usize, Option<String>)>>>;
+
     /// A FIFO queue whose first receive fails in transit, recording each request.
     struct DropsFirstReceive {
         inner: MemoryQueue,
-        requests: Arc<std::sync::Mutex<Vec<(usize, Option<String>)>>>,
+        requests: RequestLog,
     }
 
     #[async_trait]
@@ -307,7 +310,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_fifo_receive_that_failed_in_transit_is_retried_with_the_same_attempt_id() {
         let memory = MemoryQueue::builder("attempt.fifo").fifo().build();
-        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let requests = RequestLog::default();
         let backend = DropsFirstReceive { inner: memory.clone(), requests: requests.clone() };
         let queue = Queue::from_backend("memory://attempt.fifo".into(), true, backend);
         queue.send(OutgoingMessage::new("a").group_id("g")).await.unwrap();
