@@ -181,7 +181,7 @@ impl Leases {
             match failures.iter().find(|f| f.id == entry.id) {
                 None => {
                     lease.expires_at = sent_at + entry.visibility;
-                    tracing::debug!(message_id = %lease.message_id, visibility_s = entry.visibility.as_secs(), "lease extended");
+                    tracing::debug!(message_id = %lease.message_id, visibility_s = entry.visibility.as_secs(), "heartbeat: visibility extended");
                 }
                 Some(failure) if failure.sender_fault => {
                     let reason = format!("SQS refused to extend it: {}: {}", failure.code, failure.message);

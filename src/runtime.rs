@@ -307,7 +307,7 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(config.concurrency));
         // An idle queue's long poll holds the slots it polls for: give each queue a share.
         let share = config.concurrency.div_ceil(routes.len());
-        let mut pollers = JoinSet::new();
+        let mut pollers = Vec::new();
         let mut lanes = Vec::new();
         for (queue, work, dead_letter) in routes {
             let (acker, ack_stats, acker_task) =
@@ -340,7 +340,7 @@ impl Worker {
                     batch_window: config.batch_window,
                     activity: activity.clone(),
                 };
-                pollers.spawn(poller.run());
+                pollers.push(poller);
             }
             tracing::info!(
                 queue = queue.url(),
@@ -358,6 +358,7 @@ impl Worker {
             drain_timeout_s = config.drain_timeout.as_secs(),
             "worker started"
         );
+        let mut pollers: JoinSet<_> = pollers.into_iter().map(Poller::run).collect();
 
         let idle = async {
             let Some(limit) = config.exit_when_idle else { return std::future::pending().await };

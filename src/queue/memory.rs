@@ -251,7 +251,14 @@ impl MemoryQueue {
         }
         state.next_seq += 1;
         let seq = state.next_seq;
-        let id = format!("{:08x}-{:04x}-0000-0000-{seq:012x}", self.inner.instance, seq >> 48);
+        // Shaped like SQS's ids (a UUID), unique per queue instance and message.
+        let id = format!(
+            "{:08x}-{:04x}-4{:03x}-{:04x}-{seq:012x}",
+            fastrand::u32(..),
+            self.inner.instance & 0xffff,
+            fastrand::u16(..0x1000),
+            0x8000 | fastrand::u16(..0x4000)
+        );
         if let Some(key) = dedup_key {
             state.dedup.insert(key, (now, id.clone()));
         }
