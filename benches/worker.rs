@@ -52,7 +52,7 @@ async fn drain_queue(queue: Queue, total: u64, mut config: Config) -> Duration {
     took
 }
 
-async fn embedded(concurrency: usize, total: u64) {
+async fn embedded(concurrency: usize, total: u64, batch_window: Duration) {
     let memory = MemoryQueue::new(format!("bench-{concurrency}"));
     let queue = Queue::memory(&memory);
     for i in 0..total {
@@ -60,12 +60,13 @@ async fn embedded(concurrency: usize, total: u64) {
     }
     let mut config = Config::default();
     config.concurrency = concurrency;
+    config.batch_window = batch_window;
     let cpu_before = cpu_time();
     let took = drain_queue(queue.clone(), total, config).await;
     let cpu = cpu_time() - cpu_before;
     assert!(memory.is_empty());
     println!(
-        "embedded queue, no-op handler, concurrency {concurrency:>3}: {total} messages in {:.2} s = {:>7.0} msg/s, {:.1} µs CPU/msg, {:.3} requests/msg",
+        "embedded queue, no-op handler, concurrency {concurrency:>3}, batch window {batch_window:>5?}: {total} messages in {:.2} s = {:>7.0} msg/s, {:.1} µs CPU/msg, {:.3} requests/msg",
         took.as_secs_f64(),
         total as f64 / took.as_secs_f64(),
         cpu.as_micros() as f64 / total as f64,
@@ -155,8 +156,10 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let scale = if full { 1 } else { 20 };
     runtime.block_on(async {
-        embedded(10, 50_000 / scale).await;
-        embedded(100, 50_000 / scale).await;
+        let window = Config::default().batch_window;
+        embedded(10, 50_000 / scale, window).await;
+        embedded(100, 50_000 / scale, window).await;
+        embedded(10, 50_000 / scale, Duration::ZERO).await;
     });
     if !full {
         return;
