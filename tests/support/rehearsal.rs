@@ -846,7 +846,14 @@ impl<'a> Rehearsal<'a> {
         self.check_done_once(&mut verdict, &[&t2, &t3], &all);
         let started = tally(&[&t2, &t3], "job started");
         let twice: Vec<&String> = started.iter().filter(|(_, by)| by.len() > 1).map(|(job, _)| job).collect();
-        verdict.check(twice.is_empty(), format!("no job delivered twice (started more than once: {twice:?})"));
+        verdict.check(
+            twice.is_empty(),
+            if twice.is_empty() {
+                "no job delivered twice: each started once".to_owned()
+            } else {
+                format!("no job delivered twice: started more than once: {twice:?}")
+            },
+        );
         verdict.check(
             t2.events("job interrupted").is_empty() && t3.events("job interrupted").is_empty(),
             "no job interrupted",
@@ -886,11 +893,7 @@ impl<'a> Rehearsal<'a> {
         let mut verdict = Verdict::default();
         verdict.check(
             stop.exit.killed() && stop.took() >= stop_timeout,
-            format!(
-                "t4 {} {} after SIGTERM: SIGKILL at the 3 s stop timeout",
-                stop.exit.describe(),
-                human(stop.took())
-            ),
+            format!("t4 {}, {} after SIGTERM (the 3 s stop timeout)", stop.exit.describe(), human(stop.took())),
         );
         verdict.check(
             !t4.events("job started").is_empty() && t4.events("job done").is_empty(),
