@@ -295,7 +295,12 @@ impl Task {
                 return Ok(());
             }
             if let Some(exit) = self.exited() {
-                return Err(format!("task {} exited ({exit:?}) before {what}; its log:\n{}", self.name, self.tail(60)));
+                return Err(format!(
+                    "task {} {} before {what}; its log:\n{}",
+                    self.name,
+                    exit.describe(),
+                    self.tail(60)
+                ));
             }
             if Instant::now() >= deadline {
                 return Err(format!("task {}: no {what} within {limit:?}; its log:\n{}", self.name, self.tail(60)));
