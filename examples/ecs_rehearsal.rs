@@ -3,7 +3,7 @@
 //! Four scenarios: scale-in while busy, a rolling deployment with the old task stopped
 //! mid-job, a job longer than the stop timeout (SIGKILL, redelivery), and the same job
 //! with the worker told the stop timeout (released at its drain deadline). See
-//! `docs/rehearsal.md`; `scripts/rehearse-ecs.sh` runs it with everything it needs.
+//! the README ("The local ECS rehearsal"); `scripts/rehearse-ecs.sh` runs it with everything it needs.
 //!
 //! ```text
 //! cargo build --example worker --example ecs_rehearsal

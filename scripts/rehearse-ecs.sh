@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The local ECS rehearsal (docs/rehearsal.md): installs and starts the local SQS server
+# The local ECS rehearsal (README, "The local ECS rehearsal"): installs and starts the local SQS server
 # (moto, into the project's virtualenv, as scripts/test.sh does), builds the shipped worker
 # and the rehearsal, and plays ECS against the worker, printing the timeline. Exits non-zero
 # if a check failed. Arguments go to the rehearsal: a part of a scenario's name runs only

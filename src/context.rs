@@ -12,7 +12,10 @@ use crate::{Protection, ProtectionError};
 ///
 /// Cheap to clone. The token is cancelled when the handler should stop: the message's lease
 /// was lost (another consumer may receive it), the handler timeout passed, or the drain
-/// deadline passed during shutdown. Long handlers should watch it.
+/// deadline passed during shutdown. Long handlers should watch it: after the timeout or the
+/// deadline, a handler has one second to return before it is dropped. Returning
+/// `Ok(Outcome::Ack)` in that second still deletes the message (the work was done); anything
+/// else retries it after the backoff (timeout) or releases it at once (deadline).
 #[derive(Clone, Debug)]
 pub struct Context {
     token: CancellationToken,

@@ -101,11 +101,29 @@ impl Protecting {
     }
 }
 
+/// How long a handler has to return once its token is cancelled (drain deadline, handler
+/// timeout) before it is dropped: time to notice `ctx.cancelled()` and stop cleanly.
+pub(crate) const CANCEL_GRACE: Duration = Duration::from_secs(1);
+
+type Results = Vec<Result<Outcome, BoxError>>;
+
 enum Attempt {
-    Finished(Vec<Result<Outcome, BoxError>>),
+    Finished(Results),
     Panicked(String),
-    TimedOut(Duration),
-    Interrupted,
+    /// The handler timeout passed; `late` is what the handler returned within the grace.
+    TimedOut {
+        limit: Duration,
+        late: Option<Results>,
+    },
+    /// The drain deadline passed; `late` is what the handler returned within the grace.
+    Interrupted {
+        late: Option<Results>,
+    },
+}
+
+/// Whether result `i` of a late answer says the work was done after all.
+fn acked_late(late: &Option<Results>, i: usize) -> bool {
+    late.as_ref().and_then(|r| r.get(i)).is_some_and(|r| matches!(r, Ok(Outcome::Ack)))
 }
 
 /// How a message's attempt ended, for FIFO ordering.
@@ -233,7 +251,7 @@ impl Dispatcher {
         let ctx = Context::new(token.clone(), vec![lease.clone()], self.protection.clone());
         let Work::One(handler) = &self.work else { unreachable!("batch routes use run_batch") };
         let call = async { vec![handler.handle(message, &ctx).await] };
-        let attempt = self.attempt(call.instrument(span.clone())).await;
+        let attempt = self.attempt(call.instrument(span.clone()), &token).await;
         token.cancel();
         let lost = lease.is_lost();
         drop(ctx);
@@ -241,8 +259,10 @@ impl Dispatcher {
         let result = match attempt {
             Attempt::Finished(mut results) => Ok(results.pop().expect("one result")),
             Attempt::Panicked(text) => Err(format!("handler panicked: {text}")),
-            Attempt::TimedOut(limit) => Err(format!("handler timed out after {}", crate::config::human(limit))),
-            Attempt::Interrupted => {
+            Attempt::TimedOut { late, .. } if acked_late(&late, 0) => Ok(Ok(Outcome::Ack)),
+            Attempt::TimedOut { limit, .. } => Err(format!("handler timed out after {}", crate::config::human(limit))),
+            Attempt::Interrupted { late } if acked_late(&late, 0) => Ok(Ok(Outcome::Ack)),
+            Attempt::Interrupted { .. } => {
                 let _entered = span.enter();
                 tracing::warn!("drain deadline passed: handler stopped, message released");
                 self.release(message);
@@ -260,7 +280,7 @@ impl Dispatcher {
         let ctx = Context::new(token.clone(), leases.clone(), self.protection.clone());
         let Work::Batch(handler) = &self.work else { unreachable!("single routes use run_one") };
         let span = tracing::info_span!("batch", messages = messages.len());
-        let attempt = self.attempt(handler.handle_batch(&messages, &ctx).instrument(span.clone())).await;
+        let attempt = self.attempt(handler.handle_batch(&messages, &ctx).instrument(span.clone()), &token).await;
         token.cancel();
         let lost: Vec<bool> = leases.iter().map(|l| l.is_lost()).collect();
         drop(ctx);
@@ -270,14 +290,23 @@ impl Dispatcher {
             Attempt::Panicked(text) => {
                 messages.iter().map(|_| Err(format!("batch handler panicked: {text}"))).collect()
             }
-            Attempt::TimedOut(limit) => messages
-                .iter()
-                .map(|_| Err(format!("batch handler timed out after {}", crate::config::human(limit))))
+            Attempt::TimedOut { limit, late } => (0..messages.len())
+                .map(|i| {
+                    if acked_late(&late, i) {
+                        Ok(Ok(Outcome::Ack))
+                    } else {
+                        Err(format!("batch handler timed out after {}", crate::config::human(limit)))
+                    }
+                })
                 .collect(),
-            Attempt::Interrupted => {
-                tracing::warn!(messages = messages.len(), "drain deadline passed: batch stopped, messages released");
-                for message in &messages {
-                    self.release(message);
+            Attempt::Interrupted { late } => {
+                tracing::warn!(messages = messages.len(), "drain deadline passed: batch stopped");
+                for (i, (message, lost)) in messages.iter().zip(lost).enumerate() {
+                    if acked_late(&late, i) {
+                        self.settle(message, Ok(Ok(Outcome::Ack)), lost).await;
+                    } else {
+                        self.release(message);
+                    }
                 }
                 return;
             }
@@ -299,25 +328,37 @@ impl Dispatcher {
     }
 
     /// Runs the handler call under the timeout, catching panics, stopping at the deadline.
-    async fn attempt<F>(&self, call: F) -> Attempt
+    /// When the timeout or the deadline comes first, `token` is cancelled and the handler
+    /// gets [`CANCEL_GRACE`] to return before it is dropped.
+    async fn attempt<F>(&self, call: F, token: &CancellationToken) -> Attempt
     where
-        F: std::future::Future<Output = Vec<Result<Outcome, BoxError>>>,
+        F: std::future::Future<Output = Results>,
     {
         let call = AssertUnwindSafe(call).catch_unwind();
-        let timed = async {
+        tokio::pin!(call);
+        let expired = async {
             match self.config.handler_timeout {
-                Some(limit) => tokio::time::timeout(limit, call).await.ok(),
-                None => Some(call.await),
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        let timed_out = tokio::select! {
             biased;
-            _ = self.deadline.cancelled() => Attempt::Interrupted,
-            result = timed => match result {
-                Some(Ok(results)) => Attempt::Finished(results),
-                Some(Err(payload)) => Attempt::Panicked(panic_text(payload.as_ref())),
-                None => Attempt::TimedOut(self.config.handler_timeout.unwrap_or_default()),
-            },
+            _ = self.deadline.cancelled() => false,
+            _ = expired => true,
+            result = &mut call => {
+                return match result {
+                    Ok(results) => Attempt::Finished(results),
+                    Err(payload) => Attempt::Panicked(panic_text(payload.as_ref())),
+                };
+            }
+        };
+        token.cancel();
+        let late = tokio::time::timeout(CANCEL_GRACE, &mut call).await.ok().and_then(Result::ok);
+        if timed_out {
+            Attempt::TimedOut { limit: self.config.handler_timeout.unwrap_or_default(), late }
+        } else {
+            Attempt::Interrupted { late }
         }
     }
 

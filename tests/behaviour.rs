@@ -265,6 +265,70 @@ async fn retry_outcome_sets_the_visibility(backend: Backend) {
     assert_eq!((summary.retried, summary.deleted), (1, 1));
 }
 
+async fn handlers_see_the_drain_deadline_through_their_token(backend: Backend) {
+    let q = TestQueue::new(backend, "cooperative", Options::default()).await;
+    q.send("finishes-when-told").await;
+    q.send("gives-up-when-told").await;
+    let told = Calls::default();
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (seen, count) = (told.clone(), started.clone());
+    let mut config = q.config();
+    config.drain_timeout = Duration::from_secs(1);
+    config.visibility_timeout = Duration::from_secs(60);
+    let worker = Worker::new(config).queue(q.queue.clone()).handler(handler_fn(move |msg, ctx| {
+        let (seen, count) = (seen.clone(), count.clone());
+        async move {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            ctx.cancelled().await; // a long job that watches its token
+            seen.record(msg.body(), msg.receive_count());
+            if msg.body() == "finishes-when-told" {
+                Ok::<_, BoxError>(Outcome::Ack) // wrapped up within the grace: done
+            } else {
+                Err("interrupted".into())
+            }
+        }
+    }));
+    let (run, stop) = start(worker);
+    assert!(
+        eventually(Duration::from_secs(10), || async { started.load(std::sync::atomic::Ordering::SeqCst) == 2 }).await
+    );
+    stop.notify_one();
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(told.len(), 2, "both handlers saw the deadline: {:?}", told.all());
+    assert_eq!((summary.succeeded, summary.deleted, summary.released), (1, 1, 1));
+    assert_eq!(q.counts().await, (1, 0), "the interrupted one is visible again at once");
+}
+
+async fn a_timed_out_handler_is_told_before_it_is_dropped(backend: Backend) {
+    let q = TestQueue::new(backend, "told", Options::default()).await;
+    q.send("slow-once").await;
+    let calls = Calls::default();
+    let told = Calls::default();
+    let (seen, heard) = (calls.clone(), told.clone());
+    let mut config = q.config();
+    config.handler_timeout = Some(Duration::from_secs(1));
+    config.backoff_min = Duration::from_secs(1);
+    config.backoff_max = Duration::from_secs(1);
+    let worker = Worker::new(config).queue(q.queue.clone()).handler(handler_fn(move |msg, ctx| {
+        let (seen, heard) = (seen.clone(), heard.clone());
+        async move {
+            seen.record(msg.body(), msg.receive_count());
+            if msg.receive_count() == 1 {
+                ctx.cancelled().await;
+                heard.record(msg.body(), msg.receive_count());
+                return Err::<Outcome, BoxError>("gave up".into());
+            }
+            Ok(Outcome::Ack)
+        }
+    }));
+    let (run, stop) = start(worker);
+    assert!(eventually(Duration::from_secs(15), || async { q.counts().await == (0, 0) && calls.len() == 2 }).await);
+    stop.notify_one();
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(told.all(), vec![("slow-once".to_owned(), 1)], "the token fired at the timeout");
+    assert_eq!((summary.failed, summary.succeeded, summary.deleted), (1, 1, 1));
+}
+
 on_both_backends!(
     acknowledges_in_batches,
     a_failure_comes_back_after_the_backoff,
@@ -276,6 +340,8 @@ on_both_backends!(
     an_always_failing_message_reaches_the_dead_letter_queue,
     an_undecodable_body_fails_the_attempt_not_the_worker,
     retry_outcome_sets_the_visibility,
+    handlers_see_the_drain_deadline_through_their_token,
+    a_timed_out_handler_is_told_before_it_is_dropped,
 );
 
 /// A queue that does not exist stops the worker with an error that says what to fix.

@@ -1,4 +1,4 @@
-//! The local ECS rehearsal (`docs/rehearsal.md`) as a test: the same scenarios as
+//! The local ECS rehearsal (README, "The local ECS rehearsal") as a test: the same scenarios as
 //! `examples/ecs_rehearsal.rs`, from `tests/support/rehearsal.rs`, against the shipped worker
 //! binary, which this test builds first (`cargo build --example worker`, the cargo running the
 //! tests, this package's manifest). Needs the local SQS server that `scripts/test.sh` starts
