@@ -5,9 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/moto.sh
 source scripts/moto.sh
-moto_install
-moto_start
-trap moto_stop EXIT
+moto_up
 cargo build --release --locked --example worker
 export HOLDFAST_WORKER_BIN="$PWD/target/release/examples/worker"
 cargo bench --locked --bench worker "$@"

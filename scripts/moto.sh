@@ -1,5 +1,5 @@
 # Functions to install and run the local SQS-compatible server (moto) on loopback.
-# Source this file; it defines moto_install, moto_start and moto_stop.
+# Source this file; it defines moto_install, moto_start, moto_stop and moto_up (all three).
 
 MOTO_VERSION="5.2.5"
 VENV="${HOLDFAST_VENV:-.venv}"
@@ -45,4 +45,11 @@ moto_stop() {
         wait "$MOTO_PID" 2>/dev/null || true
         MOTO_PID=""
     fi
+}
+
+# Installs and starts the server, and stops it when the calling script exits.
+moto_up() {
+    moto_install
+    moto_start
+    trap moto_stop EXIT
 }

@@ -9,9 +9,7 @@ cd "$(dirname "$0")/.."
 
 # shellcheck source=scripts/moto.sh
 source scripts/moto.sh
-moto_install
-moto_start
-trap moto_stop EXIT
+moto_up
 
 echo "== cargo build --example worker --example ecs_rehearsal"
 cargo build --locked --example worker --example ecs_rehearsal

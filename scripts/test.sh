@@ -7,9 +7,7 @@ cd "$(dirname "$0")/.."
 
 # shellcheck source=scripts/moto.sh
 source scripts/moto.sh
-moto_install
-moto_start
-trap moto_stop EXIT
+moto_up
 
 echo "== deployment assets (Dockerfile, Copilot manifests and addons)"
 scripts/validate-deploy.sh

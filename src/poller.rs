@@ -187,44 +187,25 @@ mod tests {
     use crate::acker::Acker;
     use crate::dispatch::Counters;
     use crate::lease::Leases;
-    use crate::queue::{BatchEntry, BatchFailure, MemoryQueue, OutgoingMessage, QueueBackend};
-    use crate::{BoxError, Config, Message, Outcome, handler_fn};
-    use async_trait::async_trait;
+    use crate::queue::{Hooked, MemoryQueue, OutgoingMessage};
+    use crate::{BoxError, Config, Outcome, handler_fn};
     use std::sync::atomic::AtomicUsize;
-
-    /// A queue whose receive returns its messages at the very moment shutdown begins: the
-    /// race every long poll can lose.
-    struct ShutdownDuringReceive {
-        inner: MemoryQueue,
-        intake: CancellationToken,
-    }
-
-    #[async_trait]
-    impl QueueBackend for ShutdownDuringReceive {
-        async fn receive(&self, request: &ReceiveRequest) -> Result<Vec<Message>, QueueError> {
-            let messages = self.inner.receive(request).await;
-            self.intake.cancel();
-            messages
-        }
-        async fn delete_batch(&self, e: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
-            self.inner.delete_batch(e).await
-        }
-        async fn change_visibility_batch(&self, e: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
-            self.inner.change_visibility_batch(e).await
-        }
-        async fn send(&self, m: &OutgoingMessage) -> Result<String, QueueError> {
-            self.inner.send(m).await
-        }
-    }
 
     #[tokio::test]
     async fn messages_received_as_shutdown_begins_are_released_unstarted() {
         let memory = MemoryQueue::new("race");
         let intake = CancellationToken::new();
+        // The receive returns its messages at the very moment shutdown begins: the race
+        // every long poll can lose.
+        let cancel = intake.clone();
         let queue = Queue::from_backend(
             "memory://race".into(),
             false,
-            ShutdownDuringReceive { inner: memory.clone(), intake: intake.clone() },
+            Hooked {
+                inner: memory.clone(),
+                before_receive: Box::new(|_| None),
+                after_receive: Box::new(move || cancel.cancel()),
+            },
         );
         for i in 0..3 {
             queue.send(OutgoingMessage::new(i.to_string())).await.unwrap();
@@ -274,44 +255,22 @@ mod tests {
         assert_eq!(memory.visible_len(), 3, "visible again at once, not after 30 s");
     }
 
-    /// Each receive's size and attempt id.
-    type RequestLog = Arc<std::sync::Mutex<Vec<(usize, Option<String>)>>>;
-
-    /// A FIFO queue whose first receive fails in transit, recording each request.
-    struct DropsFirstReceive {
-        inner: MemoryQueue,
-        requests: RequestLog,
-    }
-
-    #[async_trait]
-    impl QueueBackend for DropsFirstReceive {
-        async fn receive(&self, request: &ReceiveRequest) -> Result<Vec<Message>, QueueError> {
-            let first = {
-                let mut requests = self.requests.lock().unwrap();
-                requests.push((request.max_messages, request.attempt_id.clone()));
-                requests.len() == 1
-            };
-            if first {
-                return Err(QueueError::transient("connection reset"));
-            }
-            self.inner.receive(request).await
-        }
-        async fn delete_batch(&self, e: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
-            self.inner.delete_batch(e).await
-        }
-        async fn change_visibility_batch(&self, e: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
-            self.inner.change_visibility_batch(e).await
-        }
-        async fn send(&self, m: &OutgoingMessage) -> Result<String, QueueError> {
-            self.inner.send(m).await
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_fifo_receive_that_failed_in_transit_is_retried_with_the_same_attempt_id() {
         let memory = MemoryQueue::builder("attempt.fifo").fifo().build();
+        // The first receive fails in transit; every request is recorded.
+        type RequestLog = Arc<std::sync::Mutex<Vec<(usize, Option<String>)>>>;
         let requests = RequestLog::default();
-        let backend = DropsFirstReceive { inner: memory.clone(), requests: requests.clone() };
+        let log = requests.clone();
+        let backend = Hooked {
+            inner: memory.clone(),
+            before_receive: Box::new(move |request| {
+                let mut log = log.lock().unwrap();
+                log.push((request.max_messages, request.attempt_id.clone()));
+                (log.len() == 1).then(|| QueueError::transient("connection reset"))
+            }),
+            after_receive: Box::new(|| {}),
+        };
         let queue = Queue::from_backend("memory://attempt.fifo".into(), true, backend);
         queue.send(OutgoingMessage::new("a").group_id("g")).await.unwrap();
         let intake = CancellationToken::new();

@@ -283,3 +283,40 @@ impl Opener {
         Queue::sqs(aws_sdk_sqs::Client::new(aws), url)
     }
 }
+
+/// A memory queue with hooks around `receive`, for tests of what the runtime does when a
+/// receive fails or races with shutdown.
+/// Runs before a [`Hooked`] receive; an error it returns is the receive's answer.
+#[cfg(test)]
+pub(crate) type BeforeReceive = Box<dyn Fn(&ReceiveRequest) -> Option<QueueError> + Send + Sync>;
+
+#[cfg(test)]
+pub(crate) struct Hooked {
+    pub(crate) inner: MemoryQueue,
+    /// Runs first; an error it returns is the receive's answer (the queue is not asked).
+    pub(crate) before_receive: BeforeReceive,
+    /// Runs after the queue answered, before the answer is returned.
+    pub(crate) after_receive: Box<dyn Fn() + Send + Sync>,
+}
+
+#[cfg(test)]
+#[async_trait]
+impl QueueBackend for Hooked {
+    async fn receive(&self, request: &ReceiveRequest) -> Result<Vec<Message>, QueueError> {
+        if let Some(error) = (self.before_receive)(request) {
+            return Err(error);
+        }
+        let answer = self.inner.receive(request).await;
+        (self.after_receive)();
+        answer
+    }
+    async fn delete_batch(&self, entries: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
+        self.inner.delete_batch(entries).await
+    }
+    async fn change_visibility_batch(&self, entries: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
+        self.inner.change_visibility_batch(entries).await
+    }
+    async fn send(&self, message: &OutgoingMessage) -> Result<String, QueueError> {
+        self.inner.send(message).await
+    }
+}
