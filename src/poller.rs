@@ -191,6 +191,63 @@ mod tests {
     use crate::{BoxError, Config, Outcome, handler_fn};
     use std::sync::atomic::AtomicUsize;
 
+    /// What stands around a poller over `queue`: its dispatcher, with a handler that counts
+    /// its calls and acknowledges, the message tasks and the acker.
+    struct Rig {
+        dispatcher: Arc<Dispatcher>,
+        tracker: TaskTracker,
+        acker_task: tokio::task::JoinHandle<()>,
+        handled: Arc<AtomicUsize>,
+    }
+
+    impl Rig {
+        /// The rig and its poller, with `slots` slots.
+        fn new(queue: &Queue, intake: &CancellationToken, slots: usize, wait_time: Duration) -> (Self, Poller) {
+            let handled = Arc::new(AtomicUsize::new(0));
+            let seen = handled.clone();
+            let handler = handler_fn(move |_m, _c| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, BoxError>(Outcome::Ack) }
+            });
+            let (acker, _, acker_task) = Acker::spawn(queue.clone(), Duration::from_millis(100), 1);
+            let dispatcher = Arc::new(Dispatcher {
+                work: crate::dispatch::Work::One(Arc::new(handler)),
+                queue: queue.clone(),
+                dead_letter: None,
+                acker,
+                leases: Leases::new(queue.clone(), Duration::from_secs(30), Duration::from_secs(5)),
+                protection: crate::Protection::off(),
+                protecting: Arc::default(),
+                config: Arc::new(Config::default()),
+                intake: intake.clone(),
+                deadline: CancellationToken::new(),
+                counters: Arc::new(Counters::default()),
+            });
+            let tracker = TaskTracker::new();
+            let poller = Poller {
+                queue: queue.clone(),
+                slots: Arc::new(Semaphore::new(slots)),
+                dispatcher: dispatcher.clone(),
+                tracker: tracker.clone(),
+                intake: intake.clone(),
+                wait_time,
+                visibility_timeout: Duration::from_secs(30),
+                batch_target: slots.min(BATCH_MAX),
+                batch_window: Duration::ZERO,
+                activity: Arc::new(Activity::new()),
+            };
+            (Rig { dispatcher, tracker, acker_task, handled }, poller)
+        }
+
+        /// Waits for the message tasks and the acker's last flush (after the poller ended).
+        async fn finish(self) {
+            self.tracker.close();
+            self.tracker.wait().await;
+            drop(self.dispatcher);
+            self.acker_task.await.unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn messages_received_as_shutdown_begins_are_released_unstarted() {
         let memory = MemoryQueue::new("race");
@@ -210,46 +267,11 @@ mod tests {
         for i in 0..3 {
             queue.send(OutgoingMessage::new(i.to_string())).await.unwrap();
         }
-        let started = Arc::new(AtomicUsize::new(0));
-        let seen = started.clone();
-        let handler = handler_fn(move |_m, _c| {
-            seen.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<_, BoxError>(Outcome::Ack) }
-        });
-        let config = Arc::new(Config::default());
-        let (acker, _, acker_task) = Acker::spawn(queue.clone(), Duration::from_millis(100), 1);
-        let counters = Arc::new(Counters::default());
-        let dispatcher = Arc::new(Dispatcher {
-            work: crate::dispatch::Work::One(Arc::new(handler)),
-            queue: queue.clone(),
-            dead_letter: None,
-            acker,
-            leases: Leases::new(queue.clone(), Duration::from_secs(30), Duration::from_secs(5)),
-            protection: crate::Protection::off(),
-            protecting: Arc::default(),
-            config,
-            intake: intake.clone(),
-            deadline: CancellationToken::new(),
-            counters: counters.clone(),
-        });
-        let tracker = TaskTracker::new();
-        let poller = Poller {
-            queue: queue.clone(),
-            slots: Arc::new(Semaphore::new(10)),
-            dispatcher: dispatcher.clone(),
-            tracker: tracker.clone(),
-            intake,
-            wait_time: Duration::ZERO,
-            visibility_timeout: Duration::from_secs(30),
-            batch_target: 10,
-            batch_window: Duration::ZERO,
-            activity: Arc::new(Activity::new()),
-        };
+        let (rig, poller) = Rig::new(&queue, &intake, 10, Duration::ZERO);
+        let counters = rig.dispatcher.counters.clone();
+        let started = rig.handled.clone();
         poller.run().await.unwrap();
-        tracker.close();
-        tracker.wait().await;
-        drop(dispatcher);
-        acker_task.await.unwrap();
+        rig.finish().await;
         assert_eq!(started.load(Ordering::SeqCst), 0, "no handler may start after shutdown began");
         assert_eq!(counters.released.load(Ordering::Relaxed), 3);
         assert_eq!(memory.visible_len(), 3, "visible again at once, not after 30 s");
@@ -274,46 +296,13 @@ mod tests {
         let queue = Queue::from_backend("memory://attempt.fifo".into(), true, backend);
         queue.send(OutgoingMessage::new("a").group_id("g")).await.unwrap();
         let intake = CancellationToken::new();
-        let (acker, _, acker_task) = Acker::spawn(queue.clone(), Duration::from_millis(100), 1);
-        let handled = Arc::new(AtomicUsize::new(0));
-        let seen = handled.clone();
-        let dispatcher = Arc::new(Dispatcher {
-            work: crate::dispatch::Work::One(Arc::new(handler_fn(move |_m, _c| {
-                seen.fetch_add(1, Ordering::SeqCst);
-                async { Ok::<_, BoxError>(Outcome::Ack) }
-            }))),
-            queue: queue.clone(),
-            dead_letter: None,
-            acker,
-            leases: Leases::new(queue.clone(), Duration::from_secs(30), Duration::from_secs(5)),
-            protection: crate::Protection::off(),
-            protecting: Arc::default(),
-            config: Arc::new(Config::default()),
-            intake: intake.clone(),
-            deadline: CancellationToken::new(),
-            counters: Arc::new(Counters::default()),
-        });
-        let tracker = TaskTracker::new();
-        let poller = Poller {
-            queue: queue.clone(),
-            slots: Arc::new(Semaphore::new(4)),
-            dispatcher: dispatcher.clone(),
-            tracker: tracker.clone(),
-            intake: intake.clone(),
-            wait_time: Duration::from_secs(1),
-            visibility_timeout: Duration::from_secs(30),
-            batch_target: 4,
-            batch_window: Duration::ZERO,
-            activity: Arc::new(Activity::new()),
-        };
+        let (rig, poller) = Rig::new(&queue, &intake, 4, Duration::from_secs(1));
+        let handled = rig.handled.clone();
         let polling = tokio::spawn(poller.run());
         tokio::time::sleep(Duration::from_secs(2)).await;
         intake.cancel();
         polling.await.unwrap().unwrap();
-        tracker.close();
-        tracker.wait().await;
-        drop(dispatcher);
-        acker_task.await.unwrap();
+        rig.finish().await;
         let requests = requests.lock().unwrap().clone();
         assert!(requests.len() >= 2, "{requests:?}");
         assert!(requests[0].1.is_some(), "FIFO receives carry an attempt id");

@@ -235,22 +235,7 @@ impl TestQueue {
 
     /// Bodies waiting in the dead-letter queue.
     pub async fn dead_letters(&self) -> Vec<String> {
-        match (&self.memory, &self.client) {
-            (Some((_, Some(dlq))), _) => dlq.bodies(),
-            (None, Some(client)) => {
-                let url = self.dlq.as_ref().expect("no DLQ").url().to_owned();
-                let out = client
-                    .receive_message()
-                    .queue_url(url)
-                    .max_number_of_messages(10)
-                    .visibility_timeout(0)
-                    .send()
-                    .await
-                    .expect("receive DLQ");
-                out.messages.unwrap_or_default().into_iter().filter_map(|m| m.body).collect()
-            }
-            _ => panic!("no DLQ"),
-        }
+        self.dead_letter_messages().await.into_iter().map(|(body, _)| body).collect()
     }
 
     /// A config for a worker on this queue, tuned for fast tests.
