@@ -205,7 +205,14 @@ impl Dispatcher {
         match held {
             Some(Ok(guard)) => Some(guard),
             Some(Err(error)) => {
-                tracing::warn!(%error, messages = messages.len(), "task not protected from scale-in (strict mode): messages released");
+                // One line when the refusal starts and one when it ends (with this count),
+                // not one per message.
+                tracing::debug!(
+                    reason = error.code(),
+                    messages = messages.len(),
+                    "task not protected from scale-in (strict mode): messages released"
+                );
+                self.protection.note_released(messages.len());
                 messages.iter().for_each(|m| self.release(m));
                 None
             }

@@ -128,8 +128,35 @@ async fn the_fake_rejects_unknown_fields_and_the_client_sends_none() {
     drop(protection.hold().await.unwrap());
     protection.extend(Duration::from_secs(600)).await.unwrap();
     protection.shutdown().await;
-    let answered: Vec<u16> = fake.calls().iter().map(|c| c.status).collect();
-    assert_eq!(answered, vec![400, 200, 200, 200], "every request the manager sent was accepted");
+    let calls = fake.calls();
+    let answered: Vec<u16> = calls.iter().map(|c| c.status).collect();
+    assert_eq!(answered, vec![400, 200, 200, 200, 200], "every request the manager sent was accepted");
+    assert_eq!(calls[1].operation, "GET", "the manager reads the state once at start-up");
+}
+
+/// A process SIGKILLed with work in flight leaves the task protected; the next process in the
+/// task reads the state at start-up and releases it after the maintain window.
+#[tokio::test]
+async fn a_protection_left_by_a_killed_process_is_released_after_the_maintain_window() {
+    let fake = FakeEcs::start().await;
+    let url = format!("{}/task-protection/v1/state", fake.agent_uri());
+    let left = reqwest::Client::new()
+        .put(&url)
+        .json(&serde_json::json!({"ProtectionEnabled": true, "ExpiresInMinutes": 60}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(left.status(), 200);
+    assert!(fake.is_protected());
+    let mut c = config(&fake, ProtectionMode::Strict);
+    c.maintain = Duration::from_secs(1);
+    let protection = Protection::from_config(&c).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(fake.is_protected(), "kept for the maintain window: work may be about to arrive");
+    eventually("the earlier protection is released", || !fake.is_protected()).await;
+    let updates: Vec<Option<bool>> = fake.updates().iter().map(|c| c.enabled).collect();
+    assert_eq!(updates, [Some(true), Some(false)], "the earlier PUT, then one release");
+    protection.shutdown().await;
 }
 
 #[tokio::test]

@@ -65,6 +65,7 @@ async fn protects_and_releases_through_the_ecs_api() {
     assert_eq!(
         summary,
         vec![
+            ("GetTaskProtection", None, None), // the state an earlier process may have left
             ("UpdateTaskProtection", Some(true), Some(5)),
             ("GetTaskProtection", None, None),
             ("UpdateTaskProtection", Some(false), None),

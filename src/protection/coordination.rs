@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::ledger::{Action, Demand, Ledger, Ms, Timing, decide};
+use super::ledger::{Action, Demand, Ledger, Ms, Timing, decide, decide_leaving};
 
 /// The clock decisions are made on.
 #[derive(Debug, Clone, Copy)]
@@ -90,7 +90,11 @@ impl Coordinator {
             Coordinator::Solo { ledger, clock } => {
                 let now = clock.now();
                 let demand = if leaving { Demand::default() } else { local };
-                let action = decide(ledger, &demand, now, timing);
+                let action = if leaving {
+                    decide_leaving(ledger, &demand, now, timing)
+                } else {
+                    decide(ledger, &demand, now, timing)
+                };
                 Ok(Plan { ledger: ledger.clone(), action, now, demand, shared: None })
             }
             Coordinator::Shared(dir) => dir.plan(local, leaving, timing).await,
@@ -118,6 +122,20 @@ impl Coordinator {
                 drop(lock);
                 written.map(|()| plan.ledger)
             }
+        }
+    }
+
+    /// Whether this process decides alone (no shared directory).
+    pub(crate) fn is_solo(&self) -> bool {
+        matches!(self, Coordinator::Solo { .. })
+    }
+
+    /// Solo mode: records that ECS already protects the task until `expires_at` (a
+    /// protection an earlier process left), so that it is released like one of our own.
+    pub(crate) fn adopt(&mut self, expires_at: Ms) {
+        if let Coordinator::Solo { ledger, .. } = self {
+            ledger.enabled = true;
+            ledger.expires_at = Some(expires_at);
         }
     }
 
@@ -191,7 +209,11 @@ impl SharedDir {
         }
         self.drop_dead(&mut state, now);
         let demand = state.holders.values().fold(Demand::default(), |d, h| d.merge(h.demand));
-        let action = decide(&state.ledger, &demand, now, timing);
+        let action = if leaving {
+            decide_leaving(&state.ledger, &demand, now, timing)
+        } else {
+            decide(&state.ledger, &demand, now, timing)
+        };
         Ok(Plan { ledger: state.ledger.clone(), action, now, demand, shared: Some((lock, state)) })
     }
 

@@ -132,10 +132,23 @@ pub(crate) fn decide(ledger: &Ledger, demand: &Demand, now: Ms, timing: &Timing)
     if ledger.retry_at.is_none_or(|t| now >= t) {
         return Some(action);
     }
+    backoff_allows(ledger, action).then_some(action)
+}
+
+/// Which call to make now as this process leaves (shutdown): the release is its last chance,
+/// so a backoff does not hold it back.
+pub(crate) fn decide_leaving(ledger: &Ledger, demand: &Demand, now: Ms, timing: &Timing) -> Option<Action> {
+    match wanted_action(ledger, demand, now, timing)? {
+        Action::Release => Some(Action::Release),
+        action => decide(ledger, demand, now, timing).filter(|a| *a == action),
+    }
+}
+
+fn backoff_allows(ledger: &Ledger, action: Action) -> bool {
     // In backoff. A refused protection does not hold back the release: that is what the
     // refusal asks for. Throttling and outages hold back every call.
     let refused = ledger.protect_error.as_ref().is_some_and(|e| !e.is_transient());
-    (action == Action::Release && refused && !ledger.release_failed).then_some(action)
+    action == Action::Release && refused && !ledger.release_failed
 }
 
 fn wanted_action(ledger: &Ledger, demand: &Demand, now: Ms, timing: &Timing) -> Option<Action> {
@@ -243,6 +256,18 @@ mod tests {
         assert_eq!(decide(&l, &idle, 41 * MINUTE + 1, &T), Some(Action::Protect { minutes: 60 }), "probe");
         let not_probing = Demand { probing: false, ..idle };
         assert_eq!(decide(&l, &not_probing, 41 * MINUTE + 1, &T), None);
+    }
+
+    #[test]
+    fn leaving_releases_even_in_backoff() {
+        let mut l = protected_until(60 * MINUTE);
+        let outage = Err(ProtectionError::Unavailable { message: String::new() });
+        l.record(Action::Protect { minutes: 60 }, 40 * MINUTE, &outage, 1.0);
+        let idle = Demand::default();
+        assert_eq!(decide(&l, &idle, 40 * MINUTE + 1, &T), None, "in backoff");
+        assert_eq!(decide_leaving(&l, &idle, 40 * MINUTE + 1, &T), Some(Action::Release));
+        // another process of the task still busy: nothing to release
+        assert_eq!(decide_leaving(&l, &busy(), 40 * MINUTE + 1, &T), None);
     }
 
     #[test]

@@ -1,15 +1,14 @@
-//! The protection manager: the handle, the guard, and the one background task that makes
-//! every ECS call.
+//! The protection manager's public side: the handle and the guard.
 //!
-//! Handles only count work and wake the driver; the driver alone calls ECS, one call at a
-//! time, so requests that overlap become one call. It publishes a snapshot after each pass,
-//! which `hold`, `extend` and `ready_for_work` wait on.
+//! Handles only count work and wake the driver (`driver.rs`); the driver alone calls ECS,
+//! one call at a time, so requests that overlap become one call. It publishes a snapshot
+//! after each pass, which `hold`, `extend` and `ready_for_work` wait on.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -18,7 +17,9 @@ use super::api::{ApiBackend, ClientSource};
 use super::backend::Backend;
 use super::config::{MAX_EXPIRY_MINUTES, ProtectionBackend, ProtectionConfig, ProtectionMode};
 use super::coordination::{Clock, Coordinator, SharedDir};
-use super::ledger::{Action, Demand, Ledger, Ms, Timing, next_wake};
+use super::driver::Driver;
+use super::ledger::{Ms, Timing};
+use super::shared::{Probe, Shared, Snapshot};
 use super::state::{ProtectionError, ProtectionState, RemoteProtection};
 
 /// Scale-in protection for the ECS task this process runs in.
@@ -69,49 +70,6 @@ struct Inner {
     _stop: DropGuard,
 }
 
-/// What handles and the driver share.
-struct Shared {
-    backend: ProtectionBackend,
-    mode: ProtectionMode,
-    maintain: Duration,
-    clock: Clock,
-    local: Mutex<Local>,
-    wake: Notify,
-    /// Bumped by every `hold`/`extend`; the driver reports which it has served.
-    requests: AtomicU64,
-    snapshot: watch::Receiver<Snapshot>,
-    public: watch::Receiver<ProtectionState>,
-}
-
-/// This process's demand.
-#[derive(Debug, Default)]
-struct Local {
-    in_flight: usize,
-    keep_until: Option<Ms>,
-    extend_until: Option<Ms>,
-    probers: usize,
-    shutdown: bool,
-    /// The driver is releasing: a `hold` must wait for it rather than trust the snapshot.
-    releasing: bool,
-    /// The last pass that reached the shared state had this process busy.
-    synced_busy: bool,
-}
-
-/// What the driver knows after its last pass.
-#[derive(Debug, Clone, Default)]
-struct Snapshot {
-    protected_until: Option<Instant>,
-    error: Option<ProtectionError>,
-    served: u64,
-    shut_down: bool,
-}
-
-impl Snapshot {
-    fn protected(&self) -> bool {
-        self.protected_until.is_some_and(|t| t > Instant::now())
-    }
-}
-
 /// Work in flight, as counted by [`Protection::hold`]. Dropping it ends the work: when the
 /// last guard goes, the maintain window starts. Dropping needs no runtime.
 #[must_use = "protection is only held while the guard lives"]
@@ -140,45 +98,6 @@ impl Drop for ProtectionGuard {
         if let Some(inner) = self.protection.as_ref().and_then(|p| p.inner.as_ref()) {
             inner.shared.work_ended();
         }
-    }
-}
-
-impl Shared {
-    fn local(&self) -> MutexGuard<'_, Local> {
-        // The lock is never held across a panic-prone call; recover rather than cascade.
-        self.local.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn work_ended(&self) {
-        {
-            let mut local = self.local();
-            local.in_flight = local.in_flight.saturating_sub(1);
-            if local.in_flight == 0 {
-                local.keep_until = Some(self.clock.now() + self.maintain.as_millis() as Ms);
-                // An extension is for the work that asked for it.
-                local.extend_until = None;
-            }
-        }
-        self.wake.notify_one();
-    }
-
-    fn demand(&self, local: &Local) -> Demand {
-        Demand {
-            busy: local.in_flight > 0,
-            keep_until: local.keep_until,
-            extend_until: local.extend_until,
-            probing: local.probers > 0,
-        }
-    }
-}
-
-/// Counts a strict-mode waiter for as long as it waits.
-struct Probe<'a>(&'a Shared);
-
-impl Drop for Probe<'_> {
-    fn drop(&mut self) {
-        let mut local = self.0.local();
-        local.probers = local.probers.saturating_sub(1);
     }
 }
 
@@ -260,17 +179,8 @@ impl Protection {
         };
         let (snapshot_tx, snapshot_rx) = watch::channel(Snapshot::default());
         let (public_tx, public_rx) = watch::channel(ProtectionState::Unprotected);
-        let shared = Arc::new(Shared {
-            backend: kind,
-            mode: config.mode,
-            maintain: config.maintain,
-            clock: coordinator.clock(),
-            local: Mutex::new(Local::default()),
-            wake: Notify::new(),
-            requests: AtomicU64::new(0),
-            snapshot: snapshot_rx,
-            public: public_rx,
-        });
+        let shared =
+            Arc::new(Shared::new(kind, config.mode, config.maintain, coordinator.clock(), snapshot_rx, public_rx));
         let stop = CancellationToken::new();
         let driver = Driver {
             shared: shared.clone(),
@@ -344,10 +254,7 @@ impl Protection {
                 return match shared.mode {
                     ProtectionMode::Strict => Err(error),
                     ProtectionMode::Relaxed => {
-                        tracing::warn!(
-                            reason = error.code(),
-                            "working without scale-in protection (relaxed mode): {error}"
-                        );
+                        shared.refusal.unprotected_start(&error);
                         Ok(guard)
                     }
                 };
@@ -438,14 +345,21 @@ impl Protection {
                 shared.local().probers += 1;
                 probe = Some(Probe(shared.as_ref()));
                 shared.wake.notify_one();
-                tracing::info!(
-                    reason = snapshot.error.as_ref().map_or("", ProtectionError::code),
-                    "taking no new work until the task can be protected again (strict mode)"
-                );
+                if let Some(error) = &snapshot.error {
+                    shared.refusal.pause(&shared.clock, error);
+                }
             }
             if snapshots.changed().await.is_err() {
                 return;
             }
+        }
+    }
+
+    /// Counts messages handed back unstarted because protection was refused (strict mode),
+    /// for the one line logged when protection is back.
+    pub(crate) fn note_released(&self, messages: usize) {
+        if let Some(inner) = &self.inner {
+            inner.shared.refusal.released(messages as u64);
         }
     }
 
@@ -519,181 +433,6 @@ fn resolve(config: &ProtectionConfig) -> (ProtectionBackend, String) {
             (None, None) => (ProtectionBackend::Off, "HOLDFAST_PROTECTION=auto and not running in ECS (ECS_AGENT_URI is unset)".into()),
         },
         chosen => (chosen, format!("HOLDFAST_PROTECTION={}", chosen.as_str())),
-    }
-}
-
-/// The background task: the only place ECS is called from.
-struct Driver {
-    shared: Arc<Shared>,
-    backend: Arc<dyn Backend>,
-    coordinator: Coordinator,
-    timing: Timing,
-    snapshot: watch::Sender<Snapshot>,
-    public: watch::Sender<ProtectionState>,
-    stop: CancellationToken,
-    last_error_logged: Option<String>,
-}
-
-impl Driver {
-    async fn run(mut self) {
-        loop {
-            let (leaving, served) = {
-                let local = self.shared.local();
-                (local.shutdown || self.stop.is_cancelled(), self.shared.requests.load(Ordering::SeqCst))
-            };
-            let wake_at = self.pass(leaving, served).await;
-            if leaving {
-                break;
-            }
-            let sleep = async {
-                match wake_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => {}
-                _ = self.shared.wake.notified() => {}
-                _ = sleep => {}
-            }
-        }
-        self.snapshot.send_modify(|s| {
-            s.shut_down = true;
-            s.protected_until = None;
-        });
-        self.public.send_replace(ProtectionState::ShutDown);
-        tracing::debug!("scale-in protection manager stopped");
-    }
-
-    /// One pass: register this process's demand, decide, make at most one call, publish.
-    /// Returns when the next pass is due without anything else happening.
-    async fn pass(&mut self, leaving: bool, served: u64) -> Option<Instant> {
-        let local = {
-            let local = self.shared.local();
-            self.shared.demand(&local)
-        };
-        let plan = match self.coordinator.plan(local, leaving, &self.timing).await {
-            Ok(plan) => plan,
-            Err(error) => return self.shared_dir_failed(error, served),
-        };
-        let (now, demand) = (plan.now, plan.demand);
-        let mut outcome = None;
-        if let Some(action) = plan.action {
-            if action == Action::Release && !leaving {
-                let mut local = self.shared.local();
-                if local.in_flight > 0 {
-                    // Work arrived since the demand was read; the next pass protects.
-                    drop(local);
-                    let ledger = self.coordinator.commit(plan, None);
-                    return self.after(ledger, now, demand, served, false);
-                }
-                local.releasing = true;
-                drop(local);
-                self.snapshot.send_modify(|s| s.protected_until = None);
-            }
-            let result = match action {
-                Action::Protect { minutes } => self.backend.protect(minutes).await,
-                Action::Release => self.backend.release().await,
-            };
-            self.log_call(action, &result);
-            outcome = Some((action, result));
-        }
-        let probe_succeeded =
-            matches!(&outcome, Some((Action::Protect { .. }, Ok(())))) && !demand.busy && demand.probing;
-        let ledger = self.coordinator.commit(plan, outcome);
-        {
-            let mut local = self.shared.local();
-            local.releasing = false;
-            local.synced_busy = local.in_flight > 0 && demand.busy;
-            if probe_succeeded && local.in_flight == 0 {
-                // Give the poller the maintain window to bring work in.
-                local.keep_until = Some(now + self.shared.maintain.as_millis() as Ms);
-            }
-        }
-        self.after(ledger, now, demand, served, probe_succeeded)
-    }
-
-    fn after(
-        &mut self,
-        ledger: std::io::Result<Ledger>,
-        now: Ms,
-        demand: Demand,
-        served: u64,
-        reschedule_now: bool,
-    ) -> Option<Instant> {
-        let ledger = match ledger {
-            Ok(ledger) => ledger,
-            Err(error) => return self.shared_dir_failed(error, served),
-        };
-        let clock = self.coordinator.clock();
-        let protected_until = ledger.expires_at.filter(|t| ledger.enabled && *t > now).map(|t| clock.instant(t));
-        self.snapshot.send_modify(|s| {
-            s.protected_until = protected_until;
-            s.error = ledger.protect_error.clone();
-            s.served = s.served.max(served);
-        });
-        let state = match (&ledger.protect_error, protected_until) {
-            (Some(error), until) => ProtectionState::Rejected { error: error.clone(), protected_until: until },
-            (None, Some(expires_at)) => ProtectionState::Protected { expires_at },
-            (None, None) => ProtectionState::Unprotected,
-        };
-        self.public.send_if_modified(|current| {
-            let changed = *current != state;
-            *current = state;
-            changed
-        });
-        let mut wake = next_wake(&ledger, &demand, now, &self.timing).map(|t| clock.instant(t));
-        if let Some(every) = self.coordinator.renew_every() {
-            let renew = Instant::now() + every;
-            wake = Some(wake.map_or(renew, |w| w.min(renew)));
-        }
-        if reschedule_now {
-            self.shared.wake.notify_one();
-        }
-        wake
-    }
-
-    fn shared_dir_failed(&mut self, error: std::io::Error, served: u64) -> Option<Instant> {
-        tracing::error!(%error, "the shared protection directory failed; retrying in 1 s");
-        let error = ProtectionError::Unavailable { message: format!("shared protection directory: {error}") };
-        self.snapshot.send_modify(|s| {
-            s.error = Some(error.clone());
-            s.served = s.served.max(served);
-        });
-        self.public.send_replace(ProtectionState::Rejected { error, protected_until: None });
-        Some(Instant::now() + Duration::from_secs(1))
-    }
-
-    fn log_call(&mut self, action: Action, result: &Result<(), ProtectionError>) {
-        match (action, result) {
-            (Action::Protect { minutes }, Ok(())) => {
-                if self.last_error_logged.take().is_some() {
-                    tracing::info!(minutes, "scale-in protection is available again");
-                }
-                tracing::info!(minutes, "task protected from scale-in");
-            }
-            (Action::Release, Ok(())) => tracing::info!("scale-in protection released"),
-            (action, Err(error)) => {
-                let what = match action {
-                    Action::Protect { .. } => "protect the task",
-                    Action::Release => "release protection",
-                };
-                let repeated = self.last_error_logged.as_deref() == Some(error.code());
-                if error.is_deployment_blocked() {
-                    tracing::warn!(reason = error.code(), "could not {what}: {error}");
-                } else if repeated {
-                    tracing::debug!(reason = error.code(), "could not {what}: {error}");
-                } else {
-                    tracing::warn!(
-                        reason = error.code(),
-                        transient = error.is_transient(),
-                        "could not {what}: {error}; retrying with backoff"
-                    );
-                }
-                self.last_error_logged = Some(error.code().to_owned());
-            }
-        }
     }
 }
 

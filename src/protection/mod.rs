@@ -11,8 +11,10 @@ mod api;
 mod backend;
 mod config;
 mod coordination;
+mod driver;
 mod ledger;
 mod manager;
+mod shared;
 mod state;
 
 pub use config::{ProtectionBackend, ProtectionConfig, ProtectionMode};

@@ -305,3 +305,128 @@ fn handles_and_guards_cross_threads() {
     send_sync::<Protection>();
     send::<ProtectionGuard>();
 }
+
+/// Every failure kind the agent or the API can answer with.
+fn failure_kinds() -> Vec<(&'static str, ProtectionError)> {
+    vec![
+        ("500 ServerException", ProtectionError::from_code(Some(500), Some("ServerException"), Some("internal"))),
+        ("504 RequestCanceled", ProtectionError::from_code(Some(504), Some("RequestCanceled"), Some("timed out"))),
+        ("throttling", ProtectionError::from_code(Some(400), Some("ThrottlingException"), Some("Rate exceeded"))),
+        ("connection refused", ProtectionError::Unavailable { message: "connection refused".into() }),
+        ("timeout", ProtectionError::Unavailable { message: "operation timed out".into() }),
+        ("DEPLOYMENT_BLOCKED body", blocked()),
+        ("TASK_NOT_VALID body", ProtectionError::refusal(Some("TASK_NOT_VALID".into()), None)),
+    ]
+}
+
+/// Waits (on paused time) until `ready_for_work` returns, at most `limit`.
+async fn ready_within(protection: &Protection, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    tokio::time::timeout(limit, protection.ready_for_work()).await.ok().map(|()| start.elapsed())
+}
+
+/// The longest a poller may wait after ECS recovers, by kind: the backoff step the failures
+/// of an 8 s outage lead to, plus a second. Outages and throttling double from 1 s and 2 s
+/// (with jitter between half and all of it), so at most four tries fit in the outage and the
+/// next comes at most 8 s after it; refusals wait 7.5 to 15 s after the first, 15 to 30 s
+/// after the second (a refused release counts too).
+fn after_recovery(error: &ProtectionError) -> Duration {
+    if error.is_transient() { Duration::from_secs(9) } else { Duration::from_secs(31) }
+}
+
+/// The outage of the scenario: protected, a refresh falls inside an outage, the work
+/// ends during it, the release is retried, and once ECS answers again the poller must get
+/// work again, for every kind of failure.
+#[tokio::test(start_paused = true)]
+async fn an_outage_at_a_refresh_never_stops_polling_for_good() {
+    // With the default maintain window and without one (the window's end once was the only
+    // thing that woke the manager after the release).
+    let cases = failure_kinds().into_iter().flat_map(|k| [(k.clone(), 30), (k, 0)]);
+    for ((kind, error), maintain_s) in cases {
+        let c = ProtectionConfig {
+            expires_in_minutes: 1,
+            refresh_before: Duration::from_secs(55),
+            maintain: Duration::from_secs(maintain_s),
+            ..config(ProtectionMode::Strict)
+        };
+        let (protection, backend) = start(&c);
+        let guard = protection.hold().await.unwrap();
+        sleep(Duration::from_secs(2)).await;
+        backend.fail_always(Some(error.clone()));
+        sleep(Duration::from_secs(4)).await; // the refresh at 5 s fails
+        assert!(backend.calls().len() >= 2, "{kind}: the refresh was attempted");
+        drop(guard); // the work ends during the outage
+        // the poller asks for work while ECS still fails
+        let poller = tokio::spawn({
+            let protection = protection.clone();
+            async move { ready_within(&protection, Duration::from_secs(3600)).await }
+        });
+        sleep(Duration::from_secs(4)).await;
+        backend.fail_always(None); // ECS answers again, 8 s after the outage began
+        let recovered = Instant::now();
+        let waited = poller.await.unwrap();
+        assert!(
+            waited.is_some(),
+            "{kind}, maintain {maintain_s}s: the poller never got work again; calls {:?}",
+            backend.calls()
+        );
+        assert!(
+            recovered.elapsed() <= after_recovery(&error),
+            "{kind}, maintain {maintain_s}s: polling resumed {:?} after ECS recovered",
+            recovered.elapsed()
+        );
+        assert!(protection.hold().await.is_ok(), "{kind}: new work is protected");
+        protection.shutdown().await;
+    }
+}
+
+/// The same at the first protection and at the release: whatever phase the outage hits,
+/// polling resumes within one backoff after recovery.
+#[tokio::test(start_paused = true)]
+async fn an_outage_at_the_first_protect_or_the_release_never_stops_polling() {
+    for (kind, error) in failure_kinds() {
+        // first protect
+        let (protection, backend) = start(&config(ProtectionMode::Strict));
+        backend.fail_always(Some(error.clone()));
+        assert!(protection.hold().await.is_err(), "{kind}: strict refuses the first message");
+        let poller = tokio::spawn({
+            let protection = protection.clone();
+            async move { ready_within(&protection, Duration::from_secs(3600)).await }
+        });
+        sleep(Duration::from_secs(8)).await;
+        backend.fail_always(None);
+        let recovered = Instant::now();
+        assert!(poller.await.unwrap().is_some(), "{kind} at the first protect: stalled; {:?}", backend.calls());
+        assert!(recovered.elapsed() <= after_recovery(&error), "{kind}: {:?}", recovered.elapsed());
+        protection.shutdown().await;
+
+        // release: the maintain window ends during the outage
+        let c = ProtectionConfig { maintain: Duration::from_secs(1), ..config(ProtectionMode::Strict) };
+        let (protection, backend) = start(&c);
+        drop(protection.hold().await.unwrap());
+        backend.fail_always(Some(error.clone()));
+        sleep(Duration::from_secs(2)).await; // the release fails
+        let poller = tokio::spawn({
+            let protection = protection.clone();
+            async move {
+                // a poller keeps asking, as the worker does between receives
+                let start = Instant::now();
+                loop {
+                    ready_within(&protection, Duration::from_secs(3600)).await?;
+                    if start.elapsed() > Duration::from_secs(20) {
+                        return Some(start.elapsed());
+                    }
+                    drop(protection.hold().await.ok());
+                    sleep(Duration::from_secs(1)).await;
+                }
+            }
+        });
+        sleep(Duration::from_secs(8)).await;
+        backend.fail_always(None);
+        assert!(poller.await.unwrap().is_some(), "{kind} at the release: stalled; {:?}", backend.calls());
+        sleep(Duration::from_secs(400)).await;
+        assert_eq!(backend.calls().last(), Some(&Call::Release), "{kind}: released in the end");
+        assert!(!protection.state().is_protected(), "{kind}");
+        protection.shutdown().await;
+    }
+}
