@@ -248,3 +248,67 @@ async fn protection_off_calls_nothing() {
     run.await.unwrap().unwrap();
     assert!(fake.calls().is_empty());
 }
+
+/// Log lines written while `work` runs, on this thread (a current-thread runtime runs every
+/// task of the worker here).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        text.lines().filter(|l| l.contains(" WARN ")).map(str::to_owned).collect()
+    }
+}
+
+/// Twenty messages while ECS refuses: relaxed mode says so once when it starts working
+/// unprotected, not once per message; strict mode once when it pauses.
+#[tokio::test]
+async fn a_refusal_is_logged_once_per_state_change_not_per_message() {
+    for mode in [ProtectionMode::Relaxed, ProtectionMode::Strict] {
+        let logs = Captured::default();
+        let _guard = logs.install();
+        let fake = FakeEcs::start().await;
+        fake.set_default(Reply::failure("DEPLOYMENT_BLOCKED"));
+        let memory = MemoryQueue::new("quiet");
+        let queue = Queue::memory(&memory);
+        fill(&queue, 20).await;
+        let worker = Worker::new(config(&fake, mode, Duration::from_secs(30)))
+            .queue(queue.clone())
+            .handler(handler_fn(|_m, _c| async { Ok::<_, BoxError>(Outcome::Ack) }));
+        let (run, stop) = start(worker);
+        match mode {
+            ProtectionMode::Relaxed => assert!(wait_until(Duration::from_secs(10), || memory.is_empty()).await),
+            _ => tokio::time::sleep(Duration::from_secs(2)).await,
+        }
+        stop.notify_one();
+        run.await.unwrap().unwrap();
+        let warnings = logs.warnings();
+        assert!(
+            (1..=2).contains(&warnings.len()),
+            "{mode:?}: {} warnings for 20 messages:\n{}",
+            warnings.len(),
+            warnings.join("\n")
+        );
+    }
+}
