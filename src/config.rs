@@ -120,6 +120,11 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `RUST_LOG`: which log lines to write, as a tracing filter (default `info`).
     pub log_filter: Option<String>,
+    /// `HOLDFAST_LOG_MESSAGE_CONTENT`: whether the worker's own log lines and dead-letter
+    /// reasons may quote message content, such as serde's full text of a
+    /// [`DecodeError`](crate::DecodeError) (default `false`: bodies, values decoded from
+    /// them and receipt handles never appear).
+    pub log_message_content: bool,
     /// ECS task scale-in protection settings (`HOLDFAST_PROTECTION*`).
     pub protection: ProtectionConfig,
 }
@@ -146,6 +151,7 @@ impl Default for Config {
             ack_concurrency: 4,
             log_format: LogFormat::Text,
             log_filter: None,
+            log_message_content: false,
             protection: ProtectionConfig::default(),
         }
     }
@@ -176,6 +182,7 @@ pub const VARIABLES: &[&str] = &[
     "HOLDFAST_ACK_CONCURRENCY",
     "HOLDFAST_LOG_FORMAT",
     "RUST_LOG",
+    "HOLDFAST_LOG_MESSAGE_CONTENT",
     "HOLDFAST_PROTECTION",
     "HOLDFAST_PROTECTION_MODE",
     "HOLDFAST_PROTECTION_EXPIRES_IN_MINUTES",
@@ -338,18 +345,44 @@ impl Config {
             };
         }
         if let Some(v) = get("RUST_LOG") {
-            if tracing_subscriber::EnvFilter::try_new(&v).is_err() {
+            if !is_log_filter(&v) {
                 return Err(ConfigError::new(
                     "RUST_LOG",
                     Some(&v),
-                    "a tracing filter: a level (error, warn, info, debug, trace) or target=level pairs, e.g. info,holdfast=debug",
+                    "a tracing filter: comma-separated directives, each a level (off, error, warn, info, debug, trace) or target=level, e.g. info,holdfast=debug",
                 ));
             }
             config.log_filter = Some(v);
         }
+        if let Some(v) = get("HOLDFAST_LOG_MESSAGE_CONTENT") {
+            config.log_message_content = match v.trim().to_ascii_lowercase().as_str() {
+                "on" | "true" => true,
+                "off" | "false" => false,
+                _ => return Err(ConfigError::new("HOLDFAST_LOG_MESSAGE_CONTENT", Some(&v), "on or off")),
+            };
+        }
         config.protection = ProtectionConfig::from_lookup(&get)?;
         Ok(config)
     }
+}
+
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Whether `filter` is a tracing filter whose every directive means something. tracing takes
+/// a bare word as a target name, so a typo such as `inof` or `lots` would silence every log
+/// line instead of failing: a directive without `=` must be a level (or a span filter).
+fn is_log_filter(filter: &str) -> bool {
+    let is_level = |text: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(text.trim()));
+    let directives_make_sense = filter.split(',').map(str::trim).filter(|d| !d.is_empty()).all(|directive| {
+        if directive.ends_with(']') {
+            return true; // a span filter, e.g. [message{message_id}]
+        }
+        match directive.rsplit_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && is_level(level),
+            None => is_level(directive),
+        }
+    });
+    directives_make_sense && tracing_subscriber::EnvFilter::try_new(filter).is_ok()
 }
 
 const QUEUE_URL_FORMS: &str = "an SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/QUEUE, or http(s)://HOST[:PORT]/ACCOUNT/QUEUE for an SQS-compatible server) or memory://NAME for the embedded in-memory queue";
@@ -531,6 +564,12 @@ mod tests {
             ("HOLDFAST_ACK_CONCURRENCY", "100", "whole number from 1 to 64"),
             ("HOLDFAST_LOG_FORMAT", "xml", "text or json"),
             ("RUST_LOG", "holdfast=loud", "a tracing filter"),
+            ("RUST_LOG", "lots", "a tracing filter"),
+            ("RUST_LOG", "inof", "a tracing filter"),
+            ("RUST_LOG", "0", "a tracing filter"),
+            ("RUST_LOG", "10sec", "a tracing filter"),
+            ("RUST_LOG", "info,holdfast=", "a tracing filter"),
+            ("HOLDFAST_LOG_MESSAGE_CONTENT", "yes please", "on or off"),
         ];
         for (variable, value, hint) in cases {
             let mut pairs = vec![URL];
@@ -580,6 +619,16 @@ mod tests {
         assert_eq!(c.topic_queues["merchantOrdersEventsQueue"], "https://sqs.eu-central-1.amazonaws.com/1/orders");
         assert_eq!(c.dead_letter_queue_url.as_deref(), Some("https://sqs.eu-central-1.amazonaws.com/1/dlq"));
         assert_eq!(c.exit_when_idle, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn log_filters_that_mean_something_are_accepted() {
+        for filter in ["info", "WARN", "info,holdfast=debug", "holdfast::lease=trace", "off", "info,[message]=debug"] {
+            let c = parse(&[URL, ("RUST_LOG", filter)]).unwrap_or_else(|e| panic!("{filter}: {e}"));
+            assert_eq!(c.log_filter.as_deref(), Some(filter));
+        }
+        assert!(!parse(&[URL]).unwrap().log_message_content);
+        assert!(parse(&[URL, ("HOLDFAST_LOG_MESSAGE_CONTENT", "on")]).unwrap().log_message_content);
     }
 
     #[test]

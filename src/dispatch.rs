@@ -395,7 +395,7 @@ impl Dispatcher {
             }
             Ok(Err(error)) if is_permanent(&error) && self.dead_letter.is_some() && !lost => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                let reason = format!("handler failed, not retryable: {error}");
+                let reason = format!("handler failed, not retryable: {}", self.failure_text(&error));
                 match self.dead_letter(message, &reason).await {
                     Ok(()) => Settled::Done,
                     Err(()) => self.back_off(message, lost, &reason),
@@ -403,12 +403,26 @@ impl Dispatcher {
             }
             Ok(Err(error)) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                self.back_off(message, lost, &format!("handler failed: {error}"))
+                self.back_off(message, lost, &format!("handler failed: {}", self.failure_text(&error)))
             }
             Err(text) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 self.back_off(message, lost, &text)
             }
+        }
+    }
+
+    /// A handler error as the worker writes it in logs and dead-letter reasons. A body that
+    /// did not decode is described by the kind of mistake and its place; serde's own text,
+    /// which quotes values from the body, only with `HOLDFAST_LOG_MESSAGE_CONTENT=on`.
+    fn failure_text(&self, error: &BoxError) -> String {
+        let decode = error
+            .downcast_ref::<crate::DecodeError>()
+            .or_else(|| error.downcast_ref::<crate::Permanent>().and_then(crate::Permanent::decode_error));
+        match decode {
+            Some(decode) if self.config.log_message_content => format!("{decode}: {}", decode.detail()),
+            Some(decode) => decode.to_string(),
+            None => error.to_string(),
         }
     }
 
@@ -456,3 +470,6 @@ impl Dispatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

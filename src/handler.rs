@@ -107,16 +107,89 @@ where
 
 /// The body of a message could not be decoded into the handler's type.
 ///
-/// Returned (boxed) by [`json_fn`] handlers: the attempt fails and the message is retried,
-/// then dead-lettered, like any other failure; the worker carries on.
-#[derive(Debug, thiserror::Error)]
-#[error("message {message_id}: body is not valid JSON for {type_name}: {source}")]
+/// Returned by [`Message::json`] and (boxed) by [`json_fn`] handlers: the attempt fails and
+/// the message is dead-lettered (with a dead-letter queue) or retried until the queue's
+/// redrive policy moves it; the worker carries on.
+///
+/// Its text — what the worker logs — says what kind of mistake was found and where (`wrong
+/// type or value at line 1 column 26`), never the values of the body: serde's own message
+/// quotes them (`invalid type: string "…", expected u64`), and bodies may carry personal
+/// data. That message is kept in [`detail`](Self::detail) for the handler; the worker logs it
+/// (and writes it into the dead-letter reason) only when `HOLDFAST_LOG_MESSAGE_CONTENT=on`.
 pub struct DecodeError {
     message_id: String,
     type_name: &'static str,
-    #[source]
-    source: serde_json::Error,
+    kind: &'static str,
+    line: usize,
+    column: usize,
+    detail: String,
 }
+
+impl DecodeError {
+    pub(crate) fn new(message_id: &str, type_name: &'static str, error: &serde_json::Error) -> Self {
+        use serde_json::error::Category;
+        let kind = match error.classify() {
+            Category::Syntax => "not valid JSON",
+            Category::Data => "wrong type or value",
+            Category::Eof => "unexpected end of the body",
+            Category::Io => "read error",
+        };
+        Self {
+            message_id: message_id.to_owned(),
+            type_name,
+            kind,
+            line: error.line(),
+            column: error.column(),
+            detail: error.to_string(),
+        }
+    }
+
+    /// The id of the message whose body did not decode.
+    pub fn message_id(&self) -> &str {
+        &self.message_id
+    }
+
+    /// What kind of mistake: `not valid JSON`, `wrong type or value`, `unexpected end of the
+    /// body`.
+    pub fn kind(&self) -> &str {
+        self.kind
+    }
+
+    /// Where the decoder stopped: line and column, from 1.
+    pub fn position(&self) -> (usize, usize) {
+        (self.line, self.column)
+    }
+
+    /// serde's full message, which may quote values from the body: for the handler's own use.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "message {}: body does not decode as {}: {} at line {} column {}",
+            self.message_id, self.type_name, self.kind, self.line, self.column
+        )
+    }
+}
+
+impl std::fmt::Debug for DecodeError {
+    // The detail stays out of Debug too: `{:?}` ends up in logs as easily as `{}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodeError")
+            .field("message_id", &self.message_id)
+            .field("type_name", &self.type_name)
+            .field("kind", &self.kind)
+            .field("line", &self.line)
+            .field("column", &self.column)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::error::Error for DecodeError {}
 
 /// A handler that decodes the JSON body first; see [`json_fn`].
 pub struct JsonFn<T, F> {
@@ -165,11 +238,7 @@ where
     E: Into<BoxError>,
 {
     async fn handle(&self, msg: &Message, ctx: &Context) -> Result<Outcome, BoxError> {
-        let body: T = msg.json().map_err(|source| DecodeError {
-            message_id: msg.id().to_owned(),
-            type_name: std::any::type_name::<T>(),
-            source,
-        })?;
+        let body: T = msg.json()?;
         (self.f)(body, msg.clone(), ctx.clone()).await.map_err(Into::into)
     }
 }
@@ -199,6 +268,28 @@ mod tests {
         let err = h.handle(&Message::new("bad-1", "not json"), &Context::detached()).await.unwrap_err();
         let decode = err.downcast_ref::<DecodeError>().expect("a DecodeError");
         assert!(decode.to_string().contains("bad-1"), "{decode}");
+        assert_eq!(decode.kind(), "not valid JSON");
+    }
+
+    #[test]
+    fn a_decode_error_names_the_mistake_and_its_place_but_no_value() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Order {
+            customer: String,
+            amount: u64,
+        }
+        let msg = Message::new("m-1", r#"{"customer":"Ada Lovelace","amount":"twelve pounds"}"#);
+        let err = msg.json::<Order>().unwrap_err();
+        let shown = [err.to_string(), format!("{err:?}")];
+        for text in &shown {
+            assert!(!text.contains("twelve") && !text.contains("Ada"), "a value from the body leaked: {text}");
+        }
+        assert!(shown[0].contains("wrong type or value at line 1 column"), "{}", shown[0]);
+        assert!(std::error::Error::source(&err).is_none(), "no source chain that would print serde's message");
+        assert!(err.detail().contains("twelve pounds"), "the handler can still see everything: {}", err.detail());
+        let eof = Message::new("m-2", r#"{"customer":"#).json::<Order>().unwrap_err();
+        assert_eq!(eof.kind(), "unexpected end of the body");
     }
 
     #[tokio::test]

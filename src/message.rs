@@ -116,8 +116,9 @@ impl SnsNotification {
 /// One received message.
 ///
 /// The receipt handle stays inside the runtime: handlers answer with an
-/// [`Outcome`](crate::Outcome) and the runtime deletes or re-times the message.
-#[derive(Debug, Clone)]
+/// [`Outcome`](crate::Outcome) and the runtime deletes or re-times the message. Its `Debug`
+/// leaves the receipt handle out.
+#[derive(Clone)]
 pub struct Message {
     pub(crate) id: String,
     pub(crate) body: String,
@@ -135,6 +136,21 @@ pub struct Message {
     /// When this delivery was received: SQS caps a message's time in flight at 12 hours
     /// from here.
     pub(crate) received_at: tokio::time::Instant,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The receipt handle is a credential for this delivery: never printed.
+        f.debug_struct("Message")
+            .field("id", &self.id)
+            .field("body", &self.body)
+            .field("attributes", &self.attributes)
+            .field("message_attributes", &self.message_attributes)
+            .field("receive_count", &self.receive_count)
+            .field("group_id", &self.group_id)
+            .field("sns", &self.sns)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Message {
@@ -197,9 +213,12 @@ impl Message {
     ///
     /// # Errors
     ///
-    /// The body is not JSON of type `T`.
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+    /// A [`DecodeError`](crate::DecodeError) when the body is not JSON of type `T`. Its text
+    /// names the kind of mistake and where it is, never values from the body, so `msg.json()?`
+    /// in a handler logs nothing of the message's content.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::DecodeError> {
         serde_json::from_str(&self.body)
+            .map_err(|error| crate::DecodeError::new(&self.id, std::any::type_name::<T>(), &error))
     }
 
     /// SQS system attributes (`SentTimestamp`, `ApproximateReceiveCount`,

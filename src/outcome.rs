@@ -41,6 +41,11 @@ impl Permanent {
     pub fn new(error: impl Into<BoxError>) -> Self {
         Self(error.into())
     }
+
+    /// The decode error inside, if the permanent failure is one.
+    pub(crate) fn decode_error(&self) -> Option<&crate::DecodeError> {
+        self.0.downcast_ref::<crate::DecodeError>()
+    }
 }
 
 /// Whether a handler error says retrying cannot help.
