@@ -79,11 +79,13 @@ async fn run(log_content: bool) -> (String, Vec<String>, Vec<Message>) {
         let body = if kind == "fine" { r#"{"customer":"x","amount":1}"#.to_owned() } else { body.clone() };
         queue.send(OutgoingMessage::new(body).attribute("kind", crate::MessageAttribute::string(kind))).await.unwrap();
     }
-    let mut config = Config::default();
-    config.wait_time = Duration::ZERO;
-    config.backoff_min = Duration::from_secs(60);
-    config.backoff_max = Duration::from_secs(60);
-    config.log_message_content = log_content;
+    let config = Config {
+        wait_time: Duration::ZERO,
+        backoff_min: Duration::from_secs(60),
+        backoff_max: Duration::from_secs(60),
+        log_message_content: log_content,
+        ..Config::default()
+    };
     let handler = handler_fn(|msg: Message, _ctx| async move {
         let kind = msg.message_attribute("kind").and_then(|a| a.as_str()).unwrap_or_default().to_owned();
         if kind == "dead-letter" {
