@@ -27,6 +27,10 @@ pub enum Error {
     /// Scale-in protection could not be set up or released.
     #[error("scale-in protection: {0}")]
     Protection(String),
+    /// The worker cannot start as configured, for a reason the message explains (no AWS
+    /// credentials, an endpoint host that does not resolve).
+    #[error("cannot start: {0}")]
+    Startup(String),
     /// The worker was built without something it needs.
     #[error("worker is missing {0}")]
     Incomplete(&'static str),

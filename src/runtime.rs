@@ -261,13 +261,14 @@ impl Worker {
                                 .queue_url
                                 .as_deref()
                                 .ok_or(Error::Incomplete("a queue (Worker::queue, or a queue URL in the config)"))?,
+                            "HOLDFAST_QUEUE_URL",
                         )
-                        .await
+                        .await?
                 }
             };
             let dead_letter = match (self.dead_letter, &config.dead_letter_queue_url) {
                 (Some(queue), _) => Some(queue),
-                (None, Some(url)) => Some(opener.open(url).await),
+                (None, Some(url)) => Some(opener.open(url, "HOLDFAST_DEAD_LETTER_QUEUE_URL").await?),
                 (None, None) => None,
             };
             routes.push((queue, work, dead_letter));
@@ -276,7 +277,7 @@ impl Worker {
             let queue = match route.source {
                 Source::Queue(queue) => queue,
                 Source::Topic(name) => match config.topic_queues.get(&name) {
-                    Some(url) => opener.open(url).await,
+                    Some(url) => opener.open(url, "COPILOT_TOPIC_QUEUE_URIS").await?,
                     None => {
                         let known: Vec<&str> = config.topic_queues.keys().map(String::as_str).collect();
                         return Err(Error::Queue {

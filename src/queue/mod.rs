@@ -1,5 +1,6 @@
 //! The queue seam: real SQS and the embedded in-memory queue behind one interface.
 
+mod aws;
 pub(crate) mod memory;
 pub(crate) mod sqs;
 
@@ -204,9 +205,15 @@ impl Queue {
 
     /// Opens the queue at `url`: `memory://NAME` is a new embedded queue, anything else is SQS
     /// with a client from aws-config's standard chain (`AWS_REGION`, `AWS_ENDPOINT_URL_SQS`,
-    /// credentials, …).
-    pub async fn from_url(url: &str) -> Self {
-        Opener::default().open(url).await
+    /// credentials, …). A URL on a host that is not AWS's is its own endpoint unless
+    /// `AWS_ENDPOINT_URL_SQS` says otherwise; a missing region is read from an AWS URL.
+    ///
+    /// # Errors
+    ///
+    /// A mistake that retrying cannot heal: no region, no credentials anywhere, an endpoint
+    /// host that does not resolve, a malformed URL.
+    pub async fn from_url(url: &str) -> Result<Self, crate::Error> {
+        Opener::default().open(url, "the queue URL").await
     }
 
     pub(crate) fn from_backend(url: String, fifo: bool, backend: impl QueueBackend) -> Self {
@@ -265,22 +272,25 @@ impl Queue {
     }
 }
 
-/// Opens queues by URL, loading the AWS configuration once.
+/// Opens queues by URL, loading (and checking) the AWS configuration once.
 #[derive(Default)]
 pub(crate) struct Opener {
     aws: Option<aws_config::SdkConfig>,
+    credentials_checked: bool,
 }
 
 impl Opener {
-    pub(crate) async fn open(&mut self, url: &str) -> Queue {
+    /// Opens `url`, read from `variable` (named in errors).
+    pub(crate) async fn open(&mut self, url: &str, variable: &'static str) -> Result<Queue, crate::Error> {
         if let Some(name) = url.strip_prefix("memory://") {
-            return Queue::memory(&MemoryQueue::new(name));
+            return Ok(Queue::memory(&MemoryQueue::new(name)));
         }
         if self.aws.is_none() {
             self.aws = Some(aws_config::load_from_env().await);
         }
         let aws = self.aws.as_ref().expect("loaded above");
-        Queue::sqs(aws_sdk_sqs::Client::new(aws), url)
+        let client = aws::client(url, variable, aws, &mut self.credentials_checked).await?;
+        Ok(Queue::sqs(client, url))
     }
 }
 
