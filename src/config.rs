@@ -15,8 +15,10 @@ pub(crate) const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
 
 /// An invalid or missing configuration value.
 ///
-/// The message names the variable, the value it had, and the values it accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The message names the variable, the value it had, and the values it accepts. `{:?}`
+/// prints that same one-line message (so `fn main() -> Result<(), holdfast::Error>` shows it
+/// as is); `{:#?}` prints the fields.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConfigError {
     variable: &'static str,
     value: Option<String>,
@@ -44,6 +46,20 @@ impl fmt::Display for ConfigError {
         match &self.value {
             Some(value) => write!(f, "{}={value:?} is invalid: expected {}", self.variable, self.expected),
             None => write!(f, "{} is not set: expected {}", self.variable, self.expected),
+        }
+    }
+}
+
+impl fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if f.alternate() {
+            f.debug_struct("ConfigError")
+                .field("variable", &self.variable)
+                .field("value", &self.value)
+                .field("expected", &self.expected)
+                .finish()
+        } else {
+            fmt::Display::fmt(self, f)
         }
     }
 }
@@ -120,6 +136,11 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `RUST_LOG`: which log lines to write, as a tracing filter (default `info`).
     pub log_filter: Option<String>,
+    /// `HOLDFAST_PROGRESS_INTERVAL`: how often a progress line (deliveries, succeeded,
+    /// failed, retried, dead-lettered and released in the interval, and messages in flight)
+    /// is logged at info level, when something happened in the interval (default 10 s;
+    /// `None` writes none).
+    pub progress_interval: Option<Duration>,
     /// ECS task scale-in protection settings (`HOLDFAST_PROTECTION*`).
     pub protection: ProtectionConfig,
 }
@@ -146,6 +167,7 @@ impl Default for Config {
             ack_concurrency: 4,
             log_format: LogFormat::Text,
             log_filter: None,
+            progress_interval: Some(crate::progress::DEFAULT_INTERVAL),
             protection: ProtectionConfig::default(),
         }
     }
@@ -176,6 +198,7 @@ pub const VARIABLES: &[&str] = &[
     "HOLDFAST_ACK_CONCURRENCY",
     "HOLDFAST_LOG_FORMAT",
     "RUST_LOG",
+    "HOLDFAST_PROGRESS_INTERVAL",
     "HOLDFAST_PROTECTION",
     "HOLDFAST_PROTECTION_MODE",
     "HOLDFAST_PROTECTION_EXPIRES_IN_MINUTES",
@@ -346,6 +369,21 @@ impl Config {
                 ));
             }
             config.log_filter = Some(v);
+        }
+        if let Some(v) = get("HOLDFAST_PROGRESS_INTERVAL") {
+            config.progress_interval = match v.trim() {
+                "off" => None,
+                _ => Some(
+                    parse_duration(
+                        "HOLDFAST_PROGRESS_INTERVAL",
+                        &v,
+                        Duration::from_millis(100),
+                        Duration::from_secs(3600),
+                        false,
+                    )
+                    .map_err(|e| ConfigError { expected: format!("{}, or off", e.expected), ..e })?,
+                ),
+            };
         }
         config.protection = ProtectionConfig::from_lookup(&get)?;
         Ok(config)
@@ -531,6 +569,7 @@ mod tests {
             ("HOLDFAST_ACK_CONCURRENCY", "100", "whole number from 1 to 64"),
             ("HOLDFAST_LOG_FORMAT", "xml", "text or json"),
             ("RUST_LOG", "holdfast=loud", "a tracing filter"),
+            ("HOLDFAST_PROGRESS_INTERVAL", "50ms", "from 100ms to 1h, or off"),
         ];
         for (variable, value, hint) in cases {
             let mut pairs = vec![URL];
@@ -586,6 +625,15 @@ mod tests {
     fn handler_timeout_can_be_switched_off() {
         let c = parse(&[URL, ("HOLDFAST_HANDLER_TIMEOUT", "off")]).unwrap();
         assert_eq!(c.handler_timeout, None);
+    }
+
+    #[test]
+    fn the_progress_interval_defaults_to_ten_seconds_and_can_be_switched_off() {
+        assert_eq!(parse(&[URL]).unwrap().progress_interval, Some(Duration::from_secs(10)));
+        let c = parse(&[URL, ("HOLDFAST_PROGRESS_INTERVAL", "1m")]).unwrap();
+        assert_eq!(c.progress_interval, Some(Duration::from_secs(60)));
+        let c = parse(&[URL, ("HOLDFAST_PROGRESS_INTERVAL", "off")]).unwrap();
+        assert_eq!(c.progress_interval, None);
     }
 
     #[test]
