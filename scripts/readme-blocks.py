@@ -19,6 +19,10 @@ compiler's message, and the script exits 1.
     scripts/readme-blocks.py            # what scripts/test.sh runs, after cargo doc
     scripts/readme-blocks.py --build    # build and link each block instead of checking it
     scripts/readme-blocks.py --keep     # also print where the generated crate is
+    scripts/readme-blocks.py --self-test   # proves a broken block is caught and named
+
+Options for the self-test: --readme PATH (another markdown file), --crate NAME (another
+generated crate).
 """
 
 import json
@@ -100,8 +104,76 @@ def dependencies(adds):
     return names, lines
 
 
+def option(name, default):
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
+SELF_TEST_README = """# test
+
+```sh
+cargo add holdfast --path ../holdfast
+cargo add tokio --features macros,rt-multi-thread
+```
+
+Rust RUST_VERSION or later.
+
+```rust
+fn fine() -> u32 {
+    1
+}
+```
+
+```rust,no_run
+#[tokio::main]
+async fn main() {
+    let n: u32 = "not a number";
+}
+```
+
+```rust
+#[derive(serde::Deserialize)]
+struct NoSerdeDependency;
+```
+"""
+
+
+def self_test():
+    """A README with a good block and two that do not compile (a type error, a crate the
+    `cargo add` lines do not give), then one with a hidden line: each bad one is named."""
+    import tempfile
+
+    rust_version = re.search(r'^rust-version\s*=\s*"([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
+    text = SELF_TEST_README.replace("RUST_VERSION", rust_version)
+    hidden = text.replace("fn fine() -> u32 {", "# fn hidden() {}\nfn fine() -> u32 {")
+    failures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content, expected, unexpected in [
+            ("compile", text, ["README.md line 16:", "README.md:19:", "README.md line 23:"], ["line 10:"]),
+            ("hidden", hidden, ["README.md line 11: a rustdoc hidden line"], []),
+        ]:
+            path = Path(tmp) / f"{name}.md"
+            path.write_text(content)
+            run = subprocess.run(
+                [sys.executable, __file__, "--readme", str(path), "--crate", "readme-blocks-self-test"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            missing = [e for e in expected if e not in run.stdout]
+            wrong = [u for u in unexpected if f"README.md {u}" in run.stdout]
+            if run.returncode != 1 or missing or wrong:
+                failures.append(f"{name}: exit {run.returncode}, missing {missing}, wrongly named {wrong}:\n{run.stdout}")
+    if failures:
+        print("readme-blocks self-test FAILED\n" + "\n".join(failures))
+        return 1
+    print("readme-blocks self-test: a type error, a missing dependency and a hidden line are each named by line")
+    return 0
+
+
 def main():
-    text = README.read_text()
+    if "--self-test" in sys.argv:
+        return self_test()
+    text = Path(option("--readme", README)).read_text()
     problems = []
 
     rust_version = re.search(r'^rust-version\s*=\s*"([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.M)
@@ -131,12 +203,12 @@ def main():
     target_dir = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     if not target_dir.is_absolute():
         target_dir = ROOT / target_dir
-    crate = target_dir / "readme-blocks"
+    crate = target_dir / option("--crate", "readme-blocks")
     shutil.rmtree(crate / "src", ignore_errors=True)
     (crate / "src" / "bin").mkdir(parents=True)
     manifest = [
         "[package]",
-        'name = "readme-blocks"',
+        f'name = "{option("--crate", "readme-blocks")}"',
         'version = "0.0.0"',
         'edition = "2024"',
         "publish = false",
