@@ -7,6 +7,7 @@
 //! cargo run --example quickstart
 //! ```
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -25,8 +26,12 @@ struct Job {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,holdfast::lease=debug".into());
+    // Colour on a terminal only, and never with NO_COLOR set (https://no-color.org).
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .compact()
         .init();
@@ -57,6 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.backoff_min = Duration::from_secs(1);
     config.backoff_max = Duration::from_secs(1);
     config.drain_timeout = Duration::from_secs(20);
+    config.progress_interval = Some(Duration::from_secs(2)); // the default is 10 s
 
     let done = Arc::new(AtomicUsize::new(0));
     let all_but_one = Arc::new(Notify::new());
@@ -90,9 +96,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let summary = Worker::new(config).queue(queue.clone()).handler(handler).run_until(shutdown).await?;
+    // Eight jobs, nine deliveries: invoice-7 failed on its first and was retried.
     tracing::info!(
+        jobs = jobs.len(),
+        deliveries = summary.deliveries,
         succeeded = summary.succeeded,
-        failed_attempts = summary.failed,
+        failed = summary.failed,
+        retried = summary.retried,
         deleted = summary.deleted,
         left_in_queue = memory.len(),
         requests = queue.request_counts().total(),

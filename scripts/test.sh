@@ -17,6 +17,9 @@ echo "== cargo clippy"
 cargo clippy --all-targets --all-features --locked -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
+echo "== README.md's Rust blocks, each pasted into a new crate"
+python3 scripts/readme-blocks.py
+python3 scripts/readme-blocks.py --self-test
 echo "== cargo test (SQS server at $HOLDFAST_TEST_SQS_ENDPOINT)"
 cargo test --all-targets --locked -- --test-threads 8
 cargo test --doc --locked

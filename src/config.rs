@@ -15,8 +15,10 @@ pub(crate) const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
 
 /// An invalid or missing configuration value.
 ///
-/// The message names the variable, the value it had, and the values it accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The message names the variable, the value it had, and the values it accepts. `{:?}`
+/// prints that same one-line message (so `fn main() -> Result<(), holdfast::Error>` shows it
+/// as is); `{:#?}` prints the fields.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConfigError {
     variable: &'static str,
     value: Option<String>,
@@ -44,6 +46,20 @@ impl fmt::Display for ConfigError {
         match &self.value {
             Some(value) => write!(f, "{}={value:?} is invalid: expected {}", self.variable, self.expected),
             None => write!(f, "{} is not set: expected {}", self.variable, self.expected),
+        }
+    }
+}
+
+impl fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if f.alternate() {
+            f.debug_struct("ConfigError")
+                .field("variable", &self.variable)
+                .field("value", &self.value)
+                .field("expected", &self.expected)
+                .finish()
+        } else {
+            fmt::Display::fmt(self, f)
         }
     }
 }
@@ -125,6 +141,11 @@ pub struct Config {
     /// [`DecodeError`](crate::DecodeError) (default `false`: bodies, values decoded from
     /// them and receipt handles never appear).
     pub log_message_content: bool,
+    /// `HOLDFAST_PROGRESS_INTERVAL`: how often a progress line (deliveries, succeeded,
+    /// failed, retried, dead-lettered and released in the interval, and messages in flight)
+    /// is logged at info level, when something happened in the interval (default 10 s;
+    /// `None` writes none).
+    pub progress_interval: Option<Duration>,
     /// ECS task scale-in protection settings (`HOLDFAST_PROTECTION*`).
     pub protection: ProtectionConfig,
 }
@@ -152,6 +173,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_filter: None,
             log_message_content: false,
+            progress_interval: Some(crate::progress::DEFAULT_INTERVAL),
             protection: ProtectionConfig::default(),
         }
     }
@@ -183,6 +205,7 @@ pub const VARIABLES: &[&str] = &[
     "HOLDFAST_LOG_FORMAT",
     "RUST_LOG",
     "HOLDFAST_LOG_MESSAGE_CONTENT",
+    "HOLDFAST_PROGRESS_INTERVAL",
     "HOLDFAST_PROTECTION",
     "HOLDFAST_PROTECTION_MODE",
     "HOLDFAST_PROTECTION_EXPIRES_IN_MINUTES",
@@ -359,6 +382,21 @@ impl Config {
                 "on" | "true" => true,
                 "off" | "false" => false,
                 _ => return Err(ConfigError::new("HOLDFAST_LOG_MESSAGE_CONTENT", Some(&v), "on or off")),
+            };
+        }
+        if let Some(v) = get("HOLDFAST_PROGRESS_INTERVAL") {
+            config.progress_interval = match v.trim() {
+                "off" => None,
+                _ => Some(
+                    parse_duration(
+                        "HOLDFAST_PROGRESS_INTERVAL",
+                        &v,
+                        Duration::from_millis(100),
+                        Duration::from_secs(3600),
+                        false,
+                    )
+                    .map_err(|e| ConfigError { expected: format!("{}, or off", e.expected), ..e })?,
+                ),
             };
         }
         config.protection = ProtectionConfig::from_lookup(&get)?;
@@ -570,6 +608,7 @@ mod tests {
             ("RUST_LOG", "10sec", "a tracing filter"),
             ("RUST_LOG", "info,holdfast=", "a tracing filter"),
             ("HOLDFAST_LOG_MESSAGE_CONTENT", "yes please", "on or off"),
+            ("HOLDFAST_PROGRESS_INTERVAL", "50ms", "from 100ms to 1h, or off"),
         ];
         for (variable, value, hint) in cases {
             let mut pairs = vec![URL];
@@ -635,6 +674,15 @@ mod tests {
     fn handler_timeout_can_be_switched_off() {
         let c = parse(&[URL, ("HOLDFAST_HANDLER_TIMEOUT", "off")]).unwrap();
         assert_eq!(c.handler_timeout, None);
+    }
+
+    #[test]
+    fn the_progress_interval_defaults_to_ten_seconds_and_can_be_switched_off() {
+        assert_eq!(parse(&[URL]).unwrap().progress_interval, Some(Duration::from_secs(10)));
+        let c = parse(&[URL, ("HOLDFAST_PROGRESS_INTERVAL", "1m")]).unwrap();
+        assert_eq!(c.progress_interval, Some(Duration::from_secs(60)));
+        let c = parse(&[URL, ("HOLDFAST_PROGRESS_INTERVAL", "off")]).unwrap();
+        assert_eq!(c.progress_interval, None);
     }
 
     #[test]

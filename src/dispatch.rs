@@ -35,8 +35,10 @@ pub(crate) const SOURCE_ATTRIBUTE: &str = "holdfast.source";
 /// Counts for the run's [`Summary`](crate::Summary).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// Deliveries: every message of every receive.
     pub(crate) received: AtomicU64,
     pub(crate) succeeded: AtomicU64,
+    /// Put back for a later delivery: a failure backed off, or `Outcome::Retry`.
     pub(crate) retried: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) released: AtomicU64,
@@ -133,6 +135,11 @@ enum Settled {
     Done,
     /// Coming back later: later messages of its FIFO group must not overtake it.
     Pending,
+}
+
+/// A duration as whole milliseconds, for log fields.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn panic_text(payload: &(dyn Any + Send)) -> String {
@@ -258,7 +265,9 @@ impl Dispatcher {
         let ctx = Context::new(token.clone(), vec![lease.clone()], self.protection.clone());
         let Work::One(handler) = &self.work else { unreachable!("batch routes use run_batch") };
         let call = async { vec![handler.handle(message, &ctx).await] };
+        let started = tokio::time::Instant::now();
         let attempt = self.attempt(call.instrument(span.clone()), &token).await;
+        let took = started.elapsed();
         token.cancel();
         let lost = lease.is_lost();
         drop(ctx);
@@ -271,12 +280,16 @@ impl Dispatcher {
             Attempt::Interrupted { late } if acked_late(&late, 0) => Ok(Ok(Outcome::Ack)),
             Attempt::Interrupted { .. } => {
                 let _entered = span.enter();
-                tracing::warn!("drain deadline passed: handler stopped, message released");
+                tracing::warn!(
+                    outcome = "released",
+                    duration_ms = millis(took),
+                    "drain deadline passed: handler stopped, message released"
+                );
                 self.release(message);
                 return Settled::Pending;
             }
         };
-        self.settle(message, result, lost).instrument(span).await
+        self.settle(message, result, lost, took).instrument(span).await
     }
 
     async fn run_batch(self: Arc<Self>, messages: Vec<Message>, _permits: Vec<OwnedSemaphorePermit>) {
@@ -287,7 +300,9 @@ impl Dispatcher {
         let ctx = Context::new(token.clone(), leases.clone(), self.protection.clone());
         let Work::Batch(handler) = &self.work else { unreachable!("single routes use run_one") };
         let span = tracing::info_span!("batch", messages = messages.len());
+        let started = tokio::time::Instant::now();
         let attempt = self.attempt(handler.handle_batch(&messages, &ctx).instrument(span.clone()), &token).await;
+        let took = started.elapsed();
         token.cancel();
         let lost: Vec<bool> = leases.iter().map(|l| l.is_lost()).collect();
         drop(ctx);
@@ -310,7 +325,7 @@ impl Dispatcher {
                 tracing::warn!(messages = messages.len(), "drain deadline passed: batch stopped");
                 for (i, (message, lost)) in messages.iter().zip(lost).enumerate() {
                     if acked_late(&late, i) {
-                        self.settle(message, Ok(Ok(Outcome::Ack)), lost).await;
+                        self.settle(message, Ok(Ok(Outcome::Ack)), lost, took).await;
                     } else {
                         self.release(message);
                     }
@@ -330,7 +345,7 @@ impl Dispatcher {
         results.truncate(messages.len());
         for ((message, result), lost) in messages.iter().zip(results).zip(lost) {
             let span = tracing::info_span!("message", message_id = %message.id, receive_count = message.receive_count);
-            self.settle(message, result, lost).instrument(span).await;
+            self.settle(message, result, lost, took).instrument(span).await;
         }
     }
 
@@ -369,25 +384,34 @@ impl Dispatcher {
         }
     }
 
-    /// Acknowledges, re-times or dead-letters one message after its attempt. `Err(text)` is
-    /// a failure the runtime saw (panic, timeout); `Ok(Err(e))` one the handler returned.
+    /// Acknowledges, re-times or dead-letters one message after its attempt, which took
+    /// `took`. `Err(text)` is a failure the runtime saw (panic, timeout); `Ok(Err(e))` one
+    /// the handler returned. Each outcome logs one line (in the message's span, which names
+    /// the message id): success at debug level, a retry at info, a failure at warn, a
+    /// dead-lettered message at error.
     async fn settle(
         &self,
         message: &Message,
         result: Result<Result<Outcome, BoxError>, String>,
         lost: bool,
+        took: Duration,
     ) -> Settled {
         match result {
             Ok(Ok(Outcome::Ack)) => {
                 self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("handled; deleting");
+                tracing::debug!(outcome = "ack", duration_ms = millis(took), "handled; deleting");
                 self.acker.delete(message);
                 Settled::Done
             }
             Ok(Ok(Outcome::Retry(after))) => {
                 self.counters.retried.fetch_add(1, Ordering::Relaxed);
                 let after = within_cap(message, after);
-                tracing::info!(retry_in_s = after.as_secs(), "handler asked to retry");
+                tracing::info!(
+                    outcome = "retry",
+                    duration_ms = millis(took),
+                    retry_in_s = after.as_secs(),
+                    "handler asked to retry"
+                );
                 if !lost {
                     self.acker.change_visibility(message, after);
                 }
@@ -396,18 +420,18 @@ impl Dispatcher {
             Ok(Err(error)) if is_permanent(&error) && self.dead_letter.is_some() && !lost => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 let reason = format!("handler failed, not retryable: {}", self.failure_text(&error));
-                match self.dead_letter(message, &reason).await {
+                match self.dead_letter(message, &reason, took).await {
                     Ok(()) => Settled::Done,
-                    Err(()) => self.back_off(message, lost, &reason),
+                    Err(()) => self.back_off(message, lost, &reason, took),
                 }
             }
             Ok(Err(error)) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                self.back_off(message, lost, &format!("handler failed: {}", self.failure_text(&error)))
+                self.back_off(message, lost, &format!("handler failed: {}", self.failure_text(&error)), took)
             }
             Err(text) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                self.back_off(message, lost, &text)
+                self.back_off(message, lost, &text, took)
             }
         }
     }
@@ -426,10 +450,11 @@ impl Dispatcher {
         }
     }
 
-    fn back_off(&self, message: &Message, lost: bool, reason: &str) -> Settled {
+    fn back_off(&self, message: &Message, lost: bool, reason: &str, took: Duration) -> Settled {
+        self.counters.retried.fetch_add(1, Ordering::Relaxed);
         let backoff = failure_backoff(message.receive_count, self.config.backoff_min, self.config.backoff_max);
         let backoff = within_cap(message, backoff);
-        tracing::warn!(retry_in_s = backoff.as_secs(), "{reason}");
+        tracing::warn!(outcome = "failed", duration_ms = millis(took), retry_in_s = backoff.as_secs(), "{reason}");
         if !lost {
             self.acker.change_visibility(message, backoff);
         }
@@ -439,7 +464,7 @@ impl Dispatcher {
     /// Copies the message, as it sits in the queue, to the dead-letter queue with its
     /// attributes and the reason, then deletes it: in that order, so a failure loses
     /// nothing.
-    async fn dead_letter(&self, message: &Message, reason: &str) -> Result<(), ()> {
+    async fn dead_letter(&self, message: &Message, reason: &str, took: Duration) -> Result<(), ()> {
         let dlq = self.dead_letter.as_ref().expect("checked by the caller");
         let mut copy = OutgoingMessage::new(message.raw_body());
         // As the message sits in the queue: an SNS envelope keeps its own attributes inside.
@@ -459,7 +484,13 @@ impl Dispatcher {
         match dlq.send(copy).await {
             Ok(id) => {
                 self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(dead_letter_queue = dlq.url(), dead_letter_id = %id, "{reason}: moved to the dead-letter queue");
+                tracing::error!(
+                    outcome = "dead-lettered",
+                    duration_ms = millis(took),
+                    dead_letter_queue = dlq.url(),
+                    dead_letter_id = %id,
+                    "{reason}: moved to the dead-letter queue"
+                );
                 self.acker.delete(message);
                 Ok(())
             }

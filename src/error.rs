@@ -9,7 +9,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// Handler failures are not reported here: they are per message and end in a
 /// retry, never in an error from [`Worker::run`](crate::Worker::run).
-#[derive(Debug, thiserror::Error)]
+///
+/// `{:?}` prints the same one-line message as `{}`, so a `main` returning
+/// `Result<(), holdfast::Error>` ends with `Error: HOLDFAST_CONCURRENCY="lots" is invalid: …`
+/// rather than a struct dump; `{:#?}` prints the variant and its fields.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The configuration is invalid; the message names the variable and the accepted values.
@@ -42,5 +46,41 @@ pub enum Error {
 impl From<crate::ProtectionError> for Error {
     fn from(error: crate::ProtectionError) -> Self {
         Error::Protection(error.to_string())
+    }
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !f.alternate() {
+            return std::fmt::Display::fmt(self, f);
+        }
+        match self {
+            Error::Config(error) => f.debug_tuple("Config").field(error).finish(),
+            Error::Queue { queue_url, message } => {
+                f.debug_struct("Queue").field("queue_url", queue_url).field("message", message).finish()
+            }
+            Error::Protection(message) => f.debug_tuple("Protection").field(message).finish(),
+            Error::Startup(message) => f.debug_tuple("Startup").field(message).finish(),
+            Error::Incomplete(what) => f.debug_tuple("Incomplete").field(what).finish(),
+            Error::Io(error) => f.debug_tuple("Io").field(error).finish(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_the_message_and_alternate_debug_the_fields() {
+        let error =
+            Error::from(ConfigError::new("HOLDFAST_CONCURRENCY", Some("lots"), "a whole number from 1 to 10000"));
+        let line = r#"HOLDFAST_CONCURRENCY="lots" is invalid: expected a whole number from 1 to 10000"#;
+        assert_eq!(format!("{error:?}"), line);
+        assert_eq!(format!("{error}"), line);
+        let fields = format!("{error:#?}");
+        assert!(fields.starts_with("Config(") && fields.contains(r#"variable: "HOLDFAST_CONCURRENCY""#), "{fields}");
+        let queue = Error::Queue { queue_url: "memory://q".into(), message: "gone".into() };
+        assert_eq!(format!("{queue:?}"), "queue memory://q: gone");
     }
 }

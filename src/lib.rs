@@ -11,6 +11,7 @@ mod lease;
 mod message;
 mod outcome;
 mod poller;
+mod progress;
 mod protection;
 mod queue;
 mod runtime;

@@ -19,24 +19,35 @@ use crate::queue::{BATCH_MAX, Opener};
 use crate::{BatchHandler, Config, Error, Handler, LogFormat, Protection, Queue};
 
 /// What a worker did in one run, returned by [`Worker::run`].
+///
+/// The counts are of *deliveries*: SQS hands a message out again after a failure or a
+/// [`Outcome::Retry`](crate::Outcome::Retry), and each delivery counts once. Every delivery
+/// ends in exactly one of `succeeded`, `retried`, `dead_lettered` or `released`, so
+/// `deliveries == succeeded + retried + dead_lettered + released`; `failed` counts the
+/// deliveries whose handler failed, whichever of `retried` or `dead_lettered` followed.
+/// A job that fails once and then succeeds reads `deliveries: 2, succeeded: 1, failed: 1,
+/// retried: 1`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Summary {
-    /// Messages received.
-    pub received: u64,
-    /// Handled with [`Outcome::Ack`](crate::Outcome::Ack).
+    /// Messages received from the queue, counting each delivery: a message delivered twice
+    /// counts twice.
+    pub deliveries: u64,
+    /// Deliveries handled with [`Outcome::Ack`](crate::Outcome::Ack): the message is deleted.
     pub succeeded: u64,
-    /// Handled with [`Outcome::Retry`](crate::Outcome::Retry).
-    pub retried: u64,
-    /// Failed: an error, a panic or a timeout; retried after a backoff, or dead-lettered.
+    /// Deliveries whose handler failed: an error, a panic or a timeout. Each is also counted
+    /// in `retried` (backed off, delivered again later) or in `dead_lettered`.
     pub failed: u64,
-    /// Copied to a dead-letter queue (and then deleted) as not retryable.
+    /// Deliveries put back to be delivered again later: a failure backed off, or the handler
+    /// returned [`Outcome::Retry`](crate::Outcome::Retry).
+    pub retried: u64,
+    /// Deliveries copied to a dead-letter queue (and then deleted) as not retryable.
     pub dead_lettered: u64,
-    /// Given back unhandled (received but not started at shutdown, stopped at the drain
-    /// deadline, or held back behind an earlier message of their FIFO group): visible
-    /// again at once.
+    /// Deliveries given back unhandled (received but not started at shutdown, stopped at the
+    /// drain deadline, held back behind an earlier message of their FIFO group, or refused
+    /// scale-in protection in strict mode): visible again at once.
     pub released: u64,
-    /// Deleted from the queue.
+    /// Messages deleted from the queue (handled, or copied to the dead-letter queue).
     pub deleted: u64,
     /// Deletes that failed for good (the message will be delivered again).
     pub delete_failed: u64,
@@ -360,6 +371,9 @@ impl Worker {
             "worker started"
         );
         let mut pollers: JoinSet<_> = pollers.into_iter().map(Poller::run).collect();
+        let progress = config
+            .progress_interval
+            .map(|every| tokio::spawn(crate::progress::report(counters.clone(), every, heartbeat_stop.clone())));
 
         let idle = async {
             let Some(limit) = config.exit_when_idle else { return std::future::pending().await };
@@ -412,6 +426,9 @@ impl Worker {
             tracker.wait().await;
         }
         heartbeat_stop.cancel();
+        if let Some(progress) = progress {
+            let _ = progress.await;
+        }
         let mut summary = Summary::default();
         for lane in lanes {
             let _ = lane.heartbeat.await;
@@ -424,17 +441,17 @@ impl Worker {
         }
         // Deletes are flushed: the task may be taken now.
         protection.shutdown().await;
-        summary.received = counters.received.load(Ordering::Relaxed);
+        summary.deliveries = counters.received.load(Ordering::Relaxed);
         summary.succeeded = counters.succeeded.load(Ordering::Relaxed);
         summary.retried = counters.retried.load(Ordering::Relaxed);
         summary.failed = counters.failed.load(Ordering::Relaxed);
         summary.dead_lettered = counters.dead_lettered.load(Ordering::Relaxed);
         summary.released = counters.released.load(Ordering::Relaxed);
         tracing::info!(
-            received = summary.received,
+            deliveries = summary.deliveries,
             succeeded = summary.succeeded,
-            retried = summary.retried,
             failed = summary.failed,
+            retried = summary.retried,
             dead_lettered = summary.dead_lettered,
             released = summary.released,
             deleted = summary.deleted,
@@ -449,6 +466,8 @@ impl Worker {
 
 /// Installs a global tracing subscriber writing to stderr in the configured format
 /// (`HOLDFAST_LOG_FORMAT`), filtered by the configured filter (`RUST_LOG`, default `info`).
+/// Text lines are coloured only when stderr is a terminal and `NO_COLOR` is unset or empty
+/// (<https://no-color.org>), so logs piped to a file or a collector hold no escape codes.
 /// Does nothing if one is already installed.
 pub fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
@@ -456,7 +475,13 @@ pub fn init_logging(config: &Config) {
     let filter = filter.unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match config.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        _ => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).try_init(),
+        _ => builder.with_ansi(colour_stderr(std::env::var_os("NO_COLOR").as_deref())).try_init(),
     };
+}
+
+/// Whether log lines to stderr may be coloured: a terminal, and `NO_COLOR` unset or empty.
+fn colour_stderr(no_color: Option<&std::ffi::OsStr>) -> bool {
+    use std::io::IsTerminal;
+    no_color.is_none_or(std::ffi::OsStr::is_empty) && std::io::stderr().is_terminal()
 }

@@ -63,6 +63,8 @@ async fn a_failure_comes_back_after_the_backoff(backend: Backend) {
     assert!(gap >= Duration::from_millis(900), "came back after {gap:?}, before the backoff");
     assert!(gap < Duration::from_secs(6), "came back after {gap:?}");
     assert_eq!((summary.failed, summary.succeeded, summary.deleted), (1, 1, 1));
+    // one message, two deliveries: the failed one was retried, the second succeeded
+    assert_eq!((summary.deliveries, summary.retried, summary.dead_lettered, summary.released), (2, 1, 0, 0));
     assert_eq!(q.counts().await, (0, 0));
 }
 
@@ -88,6 +90,7 @@ async fn a_panic_is_caught_and_the_message_retried(backend: Backend) {
     let summary = run.await.unwrap().unwrap();
     assert_eq!(calls.count("fine"), 1, "the worker kept going");
     assert_eq!(summary.failed, 1, "the panic counts as a failure");
+    assert_eq!(summary.retried, 1, "and the message is retried");
     assert_eq!(summary.deleted, 2);
     assert_eq!(q.counts().await, (0, 0));
 }
@@ -115,7 +118,7 @@ async fn the_heartbeat_keeps_a_long_job_from_redelivery(backend: Backend) {
     assert_eq!(calls.all(), vec![("long".to_owned(), 1)]);
     stop.notify_one();
     let summary = run.await.unwrap().unwrap();
-    assert_eq!((summary.received, summary.deleted), (1, 1));
+    assert_eq!((summary.deliveries, summary.deleted), (1, 1));
     assert!(q.queue.request_counts().change_visibility >= 3, "the lease was extended");
 }
 

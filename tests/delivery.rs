@@ -191,7 +191,7 @@ async fn an_undecodable_body_is_dead_lettered_at_once(backend: Backend) {
     let dead = q.dead_letter_messages().await;
     assert_eq!(dead[0].0, "{not json");
     assert!(dead[0].1["holdfast.failure"].contains("not valid JSON"), "{:?}", dead[0].1);
-    assert_eq!((summary.received, summary.dead_lettered), (1, 1));
+    assert_eq!((summary.deliveries, summary.dead_lettered), (1, 1));
 }
 
 struct EvenOdd(Calls, Arc<Mutex<Vec<usize>>>);

@@ -4,8 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitCode, Stdio, Termination};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,18 @@ fn child() -> ExitCode {
     })
 }
 
+/// The child as the README writes a worker: `main` returns `Result<(), holdfast::Error>`, so
+/// the standard library prints the error (`Error: {error:?}`) and exits 1.
+fn child_returning_result() -> ExitCode {
+    async fn worker() -> Result<(), holdfast::Error> {
+        let handler = handler_fn(|_msg: Message, _ctx| async { Ok::<_, BoxError>(Outcome::Ack) });
+        Worker::from_env()?.handler(handler).run().await?;
+        Ok(())
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(worker()).report()
+}
+
 struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -49,8 +61,12 @@ struct Running {
 
 impl Running {
     fn start(env: &[(&str, String)]) -> Running {
+        Self::start_as("child", env)
+    }
+
+    fn start_as(mode: &str, env: &[(&str, String)]) -> Running {
         let mut command = Command::new(std::env::current_exe().unwrap());
-        command.arg("child").env_clear().env("RUST_LOG", "info").stderr(Stdio::piped()).stdout(Stdio::null());
+        command.arg(mode).env_clear().env("RUST_LOG", "info").stderr(Stdio::piped()).stdout(Stdio::null());
         for (k, v) in env {
             command.env(k, v);
         }
@@ -179,9 +195,92 @@ async fn a_bad_variable_stops_start_up() -> Result<(), String> {
     ensure(code == 2 && log.contains("HOLDFAST_QUEUE_URL is not set"), || format!("exit {code}: {log}"))
 }
 
+/// With `main() -> Result<(), holdfast::Error>`, a bad variable ends the process with the
+/// one line the README promises, not a struct dump.
+async fn a_main_returning_the_error_prints_one_clear_line() -> Result<(), String> {
+    let mut worker = Running::start_as(
+        "child-result",
+        &[("HOLDFAST_QUEUE_URL", "memory://local".into()), ("HOLDFAST_CONCURRENCY", "lots".into())],
+    );
+    let (code, _) = worker.wait_exit(Duration::from_secs(5))?;
+    let log = worker.log.join("\n");
+    ensure(code == 1, || format!("exit code {code}; stderr:\n{log}"))?;
+    let line = r#"Error: HOLDFAST_CONCURRENCY="lots" is invalid: expected a whole number from 1 to 10000"#;
+    ensure(log == line, || format!("stderr should be exactly\n{line}\nbut was\n{log}"))
+}
+
+/// Log lines written to a pipe (`2>file`, `| tee`) carry no ANSI colour codes.
+async fn logs_to_a_pipe_have_no_colour() -> Result<(), String> {
+    let mut worker = Running::start(&[("HOLDFAST_QUEUE_URL", "memory://local".into())]);
+    worker.wait_for("worker started", Duration::from_secs(10))?;
+    worker.signal(Signal::SIGINT);
+    let (code, _) = worker.wait_exit(Duration::from_secs(5))?;
+    let log = worker.log.join("\n");
+    ensure(code == 0 && log.contains("worker stopped"), || format!("exit code {code}; log:\n{log}"))?;
+    ensure(!log.contains('\x1b'), || format!("ANSI escape codes in piped logs:\n{log:?}"))
+}
+
+/// Runs the idle worker with stderr on a pseudo-terminal until SIGINT; returns what it wrote.
+fn run_on_a_terminal(env: &[(&str, String)]) -> Result<String, String> {
+    let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.arg("child").env_clear().env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::from(pty.slave));
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().map_err(|e| format!("spawn: {e}"))?;
+    drop(command); // closes this process's copy of the terminal's slave side
+    let (tx, rx) = mpsc::channel();
+    let mut master = std::fs::File::from(pty.master);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        // Reading the master fails (EIO) once the child, the last holder of the slave, exits.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = Vec::new();
+    let mut signalled = false;
+    loop {
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(20)) {
+            out.extend(chunk);
+        }
+        if !signalled && String::from_utf8_lossy(&out).contains("worker started") {
+            kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).expect("kill");
+            signalled = true;
+        }
+        if signalled && child.try_wait().map_err(|e| e.to_string())?.is_some() {
+            out.extend(rx.try_iter().flatten());
+            return Ok(String::from_utf8_lossy(&out).into_owned());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!("no clean exit within 10 s; output:\n{}", String::from_utf8_lossy(&out)));
+        }
+    }
+}
+
+/// On a terminal, log lines are coloured, unless `NO_COLOR` is set (https://no-color.org).
+async fn logs_to_a_terminal_are_coloured_unless_no_color() -> Result<(), String> {
+    let url = ("HOLDFAST_QUEUE_URL", "memory://local".to_owned());
+    let coloured = run_on_a_terminal(std::slice::from_ref(&url))?;
+    ensure(coloured.contains("worker started") && coloured.contains('\x1b'), || {
+        format!("expected ANSI colour on a terminal:\n{coloured:?}")
+    })?;
+    let plain = run_on_a_terminal(&[url, ("NO_COLOR", "1".into())])?;
+    ensure(plain.contains("worker started") && !plain.contains('\x1b'), || {
+        format!("NO_COLOR=1 should switch colour off:\n{plain:?}")
+    })
+}
+
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("child") {
-        return child();
+    match std::env::args().nth(1).as_deref() {
+        Some("child") => return child(),
+        Some("child-result") => return child_returning_result(),
+        _ => {}
     }
     // `cargo test` passes harness flags; a name filter runs the matching tests only.
     let mut filter: Option<String> = None;
@@ -198,11 +297,18 @@ fn main() -> ExitCode {
     }
     let runtime = tokio::runtime::Runtime::new().unwrap();
     type Case = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>>>>;
-    let cases: [(&str, Case); 4] = [
+    let cases: [(&str, Case); 7] = [
         ("sigterm_mid_job_finishes_and_exits_zero", || Box::pin(sigterm_mid_job_finishes_and_exits_zero())),
         ("idle_sigterm_exits_within_a_second", || Box::pin(idle_sigterm_exits_within_a_second())),
         ("memory_queue_runs_without_aws", || Box::pin(memory_queue_runs_without_aws())),
         ("a_bad_variable_stops_start_up", || Box::pin(a_bad_variable_stops_start_up())),
+        ("a_main_returning_the_error_prints_one_clear_line", || {
+            Box::pin(a_main_returning_the_error_prints_one_clear_line())
+        }),
+        ("logs_to_a_pipe_have_no_colour", || Box::pin(logs_to_a_pipe_have_no_colour())),
+        ("logs_to_a_terminal_are_coloured_unless_no_color", || {
+            Box::pin(logs_to_a_terminal_are_coloured_unless_no_color())
+        }),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, case) in cases {

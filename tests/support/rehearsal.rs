@@ -391,7 +391,7 @@ fn describe(event: &Event) -> Option<String> {
         }
         "worker stopped" => format!(
             "worker stopped (received {}, succeeded {}, deleted {}, released {})",
-            field("received"),
+            field("deliveries"),
             field("succeeded"),
             field("deleted"),
             field("released")
