@@ -59,11 +59,35 @@ impl Proxy {
     }
 }
 
+/// The worker example, built with the cargo running this test, in this test's profile.
 fn worker_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join("examples").join("worker");
-    assert!(path.exists(), "{} is missing: `cargo test` builds the examples", path.display());
-    path
+    static WORKER: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    WORKER
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+            let mut command = std::process::Command::new(&cargo);
+            command.args([
+                "build",
+                "--example",
+                "worker",
+                "--message-format=json-render-diagnostics",
+                "--manifest-path",
+            ]);
+            command.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+            if !cfg!(debug_assertions) {
+                command.arg("--release");
+            }
+            let output = command.stderr(Stdio::inherit()).output().expect("run cargo");
+            assert!(output.status.success(), "`cargo build --example worker` failed");
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "worker")
+                .filter(|m| m["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "example")))
+                .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+                .expect("cargo names the worker executable")
+        })
+        .clone()
 }
 
 fn env(proxy_port: u16, queue_url: &str, health_file: &Path) -> Vec<(&'static str, String)> {
@@ -135,6 +159,7 @@ async fn unhealthy_while_the_sqs_server_is_unreachable_past_the_threshold_and_he
     std::fs::create_dir_all(&dir).unwrap();
     let env = env(proxy.port, &queue_url, &dir.join("status.json"));
 
+    tokio::task::spawn_blocking(worker_binary).await.unwrap();
     let (missing, line) = health(&env).await;
     assert!(!missing && line.contains("no health status"), "no worker yet: {line}");
     let (mut worker, log) = spawn_worker(&env);
