@@ -440,7 +440,7 @@ impl Config {
                 true,
             )?;
         }
-        (config.health_file, config.health_threshold) = health_settings(&get)?;
+        (config.health_file, config.health_threshold) = health_settings(get)?;
         Ok(config)
     }
 }

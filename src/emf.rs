@@ -178,11 +178,13 @@ mod tests {
         for i in 0..3 {
             queue.send(OutgoingMessage::new(i.to_string())).await.unwrap();
         }
-        let mut config = Config::default();
-        config.metrics = MetricsOutput::Emf;
-        config.metrics_namespace = "holdfast-test".into();
-        config.exit_when_idle = Some(Duration::from_secs(1));
-        config.wait_time = Duration::from_secs(1);
+        let config = Config {
+            metrics: MetricsOutput::Emf,
+            metrics_namespace: "holdfast-test".into(),
+            exit_when_idle: Some(Duration::from_secs(1)),
+            wait_time: Duration::from_secs(1),
+            ..Config::default()
+        };
         let worker = Worker::new(config)
             .queue(queue)
             .protection(Protection::off())

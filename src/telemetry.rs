@@ -420,3 +420,64 @@ pub(crate) fn message_span(queue: &str, message: &Message) -> tracing::Span {
         aws_trace_header,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MessageAttribute;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_message_span_carries_the_trace_context_and_never_the_body() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        let mut message = Message::new("m-1", "secret body").with_receive_count(3).with_attribute(
+            "traceparent",
+            MessageAttribute::string("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        message.group_id = Some("orders-7".into());
+        message.receipt_handle = "secret-receipt".into();
+        message.attributes.insert("AWSTraceHeader".into(), "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1".into());
+        tracing::subscriber::with_default(subscriber, || {
+            let span = message_span(queue_name("https://sqs.eu-west-1.amazonaws.com/1/jobs"), &message);
+            let _entered = span.enter();
+            tracing::info!("inside");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        let span = &line["span"];
+        assert_eq!(span["name"], "message");
+        assert_eq!(span["queue"], "jobs");
+        assert_eq!(span["message_id"], "m-1");
+        assert_eq!(span["receive_count"], 3);
+        assert_eq!(span["group_id"], "orders-7");
+        assert_eq!(span["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(span["aws_trace_header"], "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1");
+        assert!(!text.contains("secret"), "no body, no receipt handle: {text}");
+    }
+
+    #[test]
+    fn queue_names_are_the_last_segment_of_the_url() {
+        assert_eq!(queue_name("https://sqs.eu-west-1.amazonaws.com/123456789012/jobs.fifo"), "jobs.fifo");
+        assert_eq!(queue_name("http://127.0.0.1:4566/000000000000/jobs/"), "jobs");
+        assert_eq!(queue_name("memory://demo"), "demo");
+    }
+}
