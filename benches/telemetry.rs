@@ -69,7 +69,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and wants a quick run.
     let full = std::env::args().any(|a| a == "--bench");
-    let (total, rounds) = if full { (50_000, 7) } else { (2_000, 1) };
+    let (total, rounds) = if full { (50_000, 15) } else { (2_000, 1) };
     let modes = [(false, false), (true, false), (false, true), (true, true)];
     let mut figures = vec![Vec::new(); modes.len()];
     for _ in 0..rounds {
