@@ -444,11 +444,8 @@ mod tests {
     fn the_message_span_carries_the_trace_context_and_never_the_body() {
         let buffer = Buffer::default();
         let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_current_span(true)
-            .with_writer(move || writer.clone())
-            .finish();
+        let subscriber =
+            tracing_subscriber::fmt().json().with_current_span(true).with_writer(move || writer.clone()).finish();
         let mut message = Message::new("m-1", "secret body").with_receive_count(3).with_attribute(
             "traceparent",
             MessageAttribute::string("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
