@@ -1,7 +1,7 @@
 //! The whole life of a worker in a few seconds, on the embedded queue (no AWS account):
 //! jobs are enqueued, handled concurrently, one fails and is retried, a slow one outlives
 //! its visibility timeout and is kept invisible by the heartbeat, and the worker drains
-//! gracefully at the end.
+//! gracefully at the end, printing a summary of the worker's metrics.
 //!
 //! ```text
 //! cargo run --example quickstart
@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use holdfast::{BoxError, Config, MemoryQueue, Outcome, OutgoingMessage, Queue, Worker, json_fn};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tokio::sync::Notify;
 
 #[derive(serde::Deserialize, serde::Serialize)]
@@ -35,6 +36,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_target(false)
         .compact()
         .init();
+
+    // Any `metrics` recorder sees the worker's metrics (Prometheus, StatsD, OpenTelemetry);
+    // this one keeps them in memory for the summary at the end.
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install()?;
 
     let memory = MemoryQueue::new("quickstart");
     let queue = Queue::memory(&memory);
@@ -108,5 +115,44 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         requests = queue.request_counts().total(),
         "finished"
     );
+    print_metrics(&snapshotter);
     Ok(())
+}
+
+/// The metrics that moved, one line each: counters and gauges as numbers, histograms as
+/// count, mean and maximum.
+fn print_metrics(snapshotter: &metrics_util::debugging::Snapshotter) {
+    let mut lines: Vec<(String, String)> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| {
+            let key = key.key();
+            let labels: Vec<String> =
+                key.labels().filter(|l| l.key() != "queue").map(|l| format!("{}={}", l.key(), l.value())).collect();
+            let name = if labels.is_empty() {
+                key.name().to_owned()
+            } else {
+                format!("{}{{{}}}", key.name(), labels.join(","))
+            };
+            let text = match value {
+                DebugValue::Counter(0) => return None,
+                DebugValue::Counter(n) => n.to_string(),
+                DebugValue::Gauge(v) => v.to_string(),
+                DebugValue::Histogram(v) if v.is_empty() => return None,
+                DebugValue::Histogram(v) => {
+                    let values: Vec<f64> = v.into_iter().map(|v| v.into_inner()).collect();
+                    let mean = values.iter().sum::<f64>() / values.len() as f64;
+                    let max = values.iter().copied().fold(0.0, f64::max);
+                    format!("{} samples, mean {mean:.3} s, max {max:.3} s", values.len())
+                }
+            };
+            Some((name, text))
+        })
+        .collect();
+    lines.sort();
+    println!("\nmetrics (queue quickstart):");
+    for (name, text) in lines {
+        println!("  {name:<58} {text}");
+    }
 }

@@ -6,6 +6,9 @@
 //! HOLDFAST_QUEUE_URL=memory://demo cargo run --example worker     # embedded queue, no AWS
 //! HOLDFAST_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/jobs cargo run --example worker
 //! ```
+//!
+//! `worker health` is the container health check: it reads the status the running worker
+//! keeps in `HOLDFAST_HEALTH_FILE` and exits 0 when it is healthy, 1 when it is not.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -37,6 +40,9 @@ async fn handle(msg: Message, ctx: Context) -> Result<Outcome, BoxError> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("health") {
+        return holdfast::health_check();
+    }
     let worker = match Worker::from_env() {
         Ok(worker) => worker,
         Err(error) => {

@@ -244,6 +244,15 @@ class ManifestChecker:
             self.r.error(f, "type", f"must be \"Worker Service\", not {doc.get('type')!r}")
 
         self.check_config(f, "", doc)
+        hc = (doc.get("image") or {}).get("healthcheck") if isinstance(doc.get("image"), dict) else None
+        command = hc.get("command") if isinstance(hc, dict) else None
+        if isinstance(command, list) and command[-1:] == ["health"]:
+            variables = doc.get("variables") or {}
+            if not isinstance(variables, dict) or not variables.get("HOLDFAST_HEALTH_FILE"):
+                self.r.error(
+                    f, "image.healthcheck.command",
+                    "the worker's health invocation reads HOLDFAST_HEALTH_FILE: set it in variables (e.g. /tmp/holdfast-health.json)",
+                )
         envs = self._map(f, "environments", doc.get("environments"))
         for env_name, override in envs.items():
             where = f"environments.{env_name}"
@@ -376,6 +385,21 @@ class ManifestChecker:
                     self._duration(f, f"{p}.healthcheck.{key}", hc[key])
             if "retries" in hc:
                 self._int(f, p + ".healthcheck.retries", hc["retries"], 0)
+            if "command" in hc:
+                self.check_healthcheck_command(f, p + ".healthcheck.command", hc["command"])
+
+    def check_healthcheck_command(self, f: Path, p: str, command: Any) -> None:
+        # ECS takes ["CMD", exe, args...] (run as is) or ["CMD-SHELL", "text"] (run by /bin/sh,
+        # which the distroless runtime image does not have).
+        if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
+            self.r.error(f, p, 'must be a list of strings such as ["CMD", "/usr/local/bin/worker", "health"]')
+            return
+        if command[0] == "CMD-SHELL":
+            self.r.error(f, p, "CMD-SHELL needs /bin/sh, which the runtime image does not have: use CMD with the worker's health invocation")
+        elif command[0] != "CMD":
+            self.r.error(f, p, 'must start with "CMD" (or "CMD-SHELL")')
+        elif len(command) < 2:
+            self.r.error(f, p, "names no program to run after CMD")
 
     def check_override(self, f: Path, p: str, value: Any) -> None:
         if isinstance(value, str):

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::Message;
 use crate::queue::{BATCH_MAX, BatchEntry, Queue};
+use crate::telemetry::Telemetry;
 
 /// Attempts per batch entry before it is given up (the message then comes back after its
 /// visibility timeout, so nothing is lost, it is only delivered again).
@@ -50,14 +51,26 @@ pub(crate) struct Acker {
 }
 
 impl Acker {
+    #[cfg(test)]
     pub(crate) fn spawn(
         queue: Queue,
         interval: Duration,
         concurrency: usize,
     ) -> (Acker, Arc<AckStats>, tokio::task::JoinHandle<()>) {
+        let telemetry = Telemetry::detached(queue.url());
+        Self::spawn_observed(queue, interval, concurrency, telemetry)
+    }
+
+    /// The acker of `queue`, reporting to `telemetry`.
+    pub(crate) fn spawn_observed(
+        queue: Queue,
+        interval: Duration,
+        concurrency: usize,
+        telemetry: Telemetry,
+    ) -> (Acker, Arc<AckStats>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(AckStats::default());
-        let task = tokio::spawn(run(queue, interval, concurrency.max(1), rx, stats.clone()));
+        let task = tokio::spawn(run(queue, interval, concurrency.max(1), rx, stats.clone(), telemetry));
         (Acker { tx }, stats, task)
     }
 
@@ -121,6 +134,7 @@ async fn run(
     concurrency: usize,
     mut rx: mpsc::UnboundedReceiver<Request>,
     stats: Arc<AckStats>,
+    telemetry: Telemetry,
 ) {
     let mut deletes = Pending::default();
     let mut changes = Pending::default();
@@ -131,7 +145,7 @@ async fn run(
         for pending in [&mut deletes, &mut changes] {
             while in_flight.len() < concurrency && pending.ready(now, interval, !open) {
                 let batch = pending.take();
-                in_flight.spawn(send_batch(queue.clone(), batch, stats.clone()));
+                in_flight.spawn(send_batch(queue.clone(), batch, stats.clone(), telemetry.clone()));
             }
         }
         if !open && deletes.requests.is_empty() && changes.requests.is_empty() && in_flight.is_empty() {
@@ -151,8 +165,12 @@ async fn run(
     }
 }
 
-async fn send_batch(queue: Queue, mut batch: Vec<Request>, stats: Arc<AckStats>) {
+async fn send_batch(queue: Queue, mut batch: Vec<Request>, stats: Arc<AckStats>, telemetry: Telemetry) {
     let kind = batch[0].kind;
+    let give_up = |kind, batch: &[Request], reason: &str, stats: &AckStats| {
+        telemetry.ack_given_up(kind == Kind::Delete, batch.len());
+        give_up(kind, batch, reason, stats);
+    };
     for attempt in 1..=MAX_ATTEMPTS {
         let entries: Vec<BatchEntry> = batch
             .iter()
@@ -163,10 +181,12 @@ async fn send_batch(queue: Queue, mut batch: Vec<Request>, stats: Arc<AckStats>)
                 visibility: r.visibility,
             })
             .collect();
+        telemetry.ack_request(kind == Kind::Delete);
         let result = match kind {
             Kind::Delete => queue.delete_batch(&entries).await,
             Kind::Visibility => queue.change_visibility_batch(&entries).await,
         };
+        telemetry.ack_result(result.as_ref().is_ok_and(|f| f.iter().all(|f| f.sender_fault)));
         let failures = match result {
             Ok(failures) => failures,
             Err(error) if error.is_permanent() => {

@@ -77,6 +77,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where the worker's metrics go, besides any recorder the program installs itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum MetricsOutput {
+    /// Nowhere but the installed `metrics` recorder, if any.
+    #[default]
+    Off,
+    /// CloudWatch Embedded Metric Format lines on stdout, which the awslogs driver ships to
+    /// CloudWatch Logs and CloudWatch turns into metrics.
+    Emf,
+}
+
 /// Everything a worker can be configured with.
 ///
 /// Start from [`Config::default`] or [`Config::from_env`], then change fields as needed.
@@ -148,6 +160,21 @@ pub struct Config {
     pub progress_interval: Option<Duration>,
     /// ECS task scale-in protection settings (`HOLDFAST_PROTECTION*`).
     pub protection: ProtectionConfig,
+    /// `HOLDFAST_METRICS`: `off` or `emf` (default off).
+    pub metrics: MetricsOutput,
+    /// `HOLDFAST_METRICS_NAMESPACE`: the CloudWatch namespace of EMF metrics (default
+    /// `holdfast`).
+    pub metrics_namespace: String,
+    /// `HOLDFAST_METRICS_INTERVAL`: how often EMF lines are written (default 10 s); the last
+    /// interval is written at shutdown.
+    pub metrics_interval: Duration,
+    /// `HOLDFAST_HEALTH_FILE`: where the worker keeps its health status for the `health`
+    /// invocation (default: none).
+    pub health_file: Option<std::path::PathBuf>,
+    /// `HOLDFAST_HEALTH_THRESHOLD`: how long receives or acknowledgements may keep failing,
+    /// the heartbeat may lag or strict protection may hold polling back before the worker
+    /// is unhealthy (default 2 min).
+    pub health_threshold: Duration,
 }
 
 impl Default for Config {
@@ -175,8 +202,40 @@ impl Default for Config {
             log_message_content: false,
             progress_interval: Some(crate::progress::DEFAULT_INTERVAL),
             protection: ProtectionConfig::default(),
+            metrics: MetricsOutput::Off,
+            metrics_namespace: "holdfast".into(),
+            metrics_interval: Duration::from_secs(10),
+            health_file: None,
+            health_threshold: DEFAULT_HEALTH_THRESHOLD,
         }
     }
+}
+
+/// The default of `HOLDFAST_HEALTH_THRESHOLD`.
+pub(crate) const DEFAULT_HEALTH_THRESHOLD: Duration = Duration::from_secs(120);
+
+/// The health-check settings (`HOLDFAST_HEALTH_FILE`, `HOLDFAST_HEALTH_THRESHOLD`), read
+/// alone by the `health` invocation.
+pub(crate) fn health_settings<F>(get: F) -> Result<(Option<std::path::PathBuf>, Duration), ConfigError>
+where
+    F: Fn(&str) -> Option<String>,
+{
+    let file = match get("HOLDFAST_HEALTH_FILE") {
+        Some(v) if v.trim().starts_with('/') && !v.trim().ends_with('/') => Some(std::path::PathBuf::from(v.trim())),
+        Some(v) => {
+            return Err(ConfigError::new(
+                "HOLDFAST_HEALTH_FILE",
+                Some(&v),
+                "an absolute path to a file, e.g. /tmp/holdfast-health.json",
+            ));
+        }
+        None => None,
+    };
+    let threshold = match get("HOLDFAST_HEALTH_THRESHOLD") {
+        Some(v) => parse_duration("HOLDFAST_HEALTH_THRESHOLD", &v, Duration::from_secs(1), MAX_VISIBILITY, false)?,
+        None => DEFAULT_HEALTH_THRESHOLD,
+    };
+    Ok((file, threshold))
 }
 
 fn default_heartbeat(visibility: Duration) -> Duration {
@@ -213,6 +272,11 @@ pub const VARIABLES: &[&str] = &[
     "HOLDFAST_PROTECTION_MAINTAIN",
     "HOLDFAST_PROTECTION_SHARED_DIR",
     "HOLDFAST_PROTECTION_LEASE_TTL",
+    "HOLDFAST_METRICS",
+    "HOLDFAST_METRICS_NAMESPACE",
+    "HOLDFAST_METRICS_INTERVAL",
+    "HOLDFAST_HEALTH_FILE",
+    "HOLDFAST_HEALTH_THRESHOLD",
 ];
 
 /// Time kept between the end of the drain and ECS's SIGKILL: flushing acknowledgements and
@@ -400,6 +464,35 @@ impl Config {
             };
         }
         config.protection = ProtectionConfig::from_lookup(&get)?;
+        if let Some(v) = get("HOLDFAST_METRICS") {
+            config.metrics = match v.trim().to_ascii_lowercase().as_str() {
+                "off" => MetricsOutput::Off,
+                "emf" => MetricsOutput::Emf,
+                _ => return Err(ConfigError::new("HOLDFAST_METRICS", Some(&v), "off or emf")),
+            };
+        }
+        if let Some(v) = get("HOLDFAST_METRICS_NAMESPACE") {
+            // CloudWatch: 1 to 255 characters, none of them a colon or a control character.
+            let valid = v.len() <= 255 && !v.contains(':') && !v.chars().any(char::is_control);
+            if !valid {
+                return Err(ConfigError::new(
+                    "HOLDFAST_METRICS_NAMESPACE",
+                    Some(&v),
+                    "a CloudWatch namespace: 1 to 255 characters, no colon, e.g. holdfast or MyApp/Workers",
+                ));
+            }
+            config.metrics_namespace = v.trim().to_owned();
+        }
+        if let Some(v) = get("HOLDFAST_METRICS_INTERVAL") {
+            config.metrics_interval = parse_duration(
+                "HOLDFAST_METRICS_INTERVAL",
+                &v,
+                Duration::from_secs(1),
+                Duration::from_secs(3600),
+                true,
+            )?;
+        }
+        (config.health_file, config.health_threshold) = health_settings(get)?;
         Ok(config)
     }
 }
@@ -609,6 +702,11 @@ mod tests {
             ("RUST_LOG", "info,holdfast=", "a tracing filter"),
             ("HOLDFAST_LOG_MESSAGE_CONTENT", "yes please", "on or off"),
             ("HOLDFAST_PROGRESS_INTERVAL", "50ms", "from 100ms to 1h, or off"),
+            ("HOLDFAST_METRICS", "prometheus", "off or emf"),
+            ("HOLDFAST_METRICS_NAMESPACE", "AWS:holdfast", "a CloudWatch namespace"),
+            ("HOLDFAST_METRICS_INTERVAL", "500ms", "from 1s to 1h"),
+            ("HOLDFAST_HEALTH_FILE", "health.json", "an absolute path to a file"),
+            ("HOLDFAST_HEALTH_THRESHOLD", "0", "from 1s to 12h"),
         ];
         for (variable, value, hint) in cases {
             let mut pairs = vec![URL];
@@ -695,5 +793,29 @@ mod tests {
         assert_eq!(parse_duration_text("s"), None);
         assert_eq!(human(Duration::from_secs(43_200)), "12h");
         assert_eq!(human(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn metrics_and_health_settings_parse() {
+        let c = parse(&[URL]).unwrap();
+        assert_eq!(c.metrics, MetricsOutput::Off);
+        assert_eq!(c.metrics_namespace, "holdfast");
+        assert_eq!(c.metrics_interval, Duration::from_secs(10));
+        assert_eq!(c.health_file, None);
+        assert_eq!(c.health_threshold, Duration::from_secs(120));
+        let c = parse(&[
+            URL,
+            ("HOLDFAST_METRICS", "EMF"),
+            ("HOLDFAST_METRICS_NAMESPACE", "Shop/Workers"),
+            ("HOLDFAST_METRICS_INTERVAL", "1m"),
+            ("HOLDFAST_HEALTH_FILE", "/tmp/holdfast-health.json"),
+            ("HOLDFAST_HEALTH_THRESHOLD", "90s"),
+        ])
+        .unwrap();
+        assert_eq!(c.metrics, MetricsOutput::Emf);
+        assert_eq!(c.metrics_namespace, "Shop/Workers");
+        assert_eq!(c.metrics_interval, Duration::from_secs(60));
+        assert_eq!(c.health_file.as_deref(), Some(std::path::Path::new("/tmp/holdfast-health.json")));
+        assert_eq!(c.health_threshold, Duration::from_secs(90));
     }
 }

@@ -18,9 +18,11 @@ use tracing::Instrument;
 use crate::acker::Acker;
 use crate::backoff::failure_backoff;
 use crate::config::MAX_VISIBILITY;
+use crate::events::{FailureCause, HandledOutcome};
 use crate::lease::{LeaseHandle, Leases};
 use crate::outcome::is_permanent;
 use crate::queue::OutgoingMessage;
+use crate::telemetry::{Telemetry, message_span};
 use crate::{
     BatchHandler, BoxError, Config, Context, Handler, Message, MessageAttribute, Outcome, Protection, ProtectionGuard,
     Queue,
@@ -68,6 +70,7 @@ pub(crate) struct Dispatcher {
     pub(crate) counters: Arc<Counters>,
     /// Tasks dispatched that have not yet passed their protection step.
     pub(crate) protecting: Arc<Protecting>,
+    pub(crate) telemetry: Telemetry,
 }
 
 /// Counts message tasks waiting for scale-in protection, so that in strict mode a poller
@@ -142,6 +145,18 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Why a failed attempt failed. The runtime's own failures (`Err(text)`) are worded in
+/// this file: a panic or a timeout, else a batch handler's missing result.
+fn failure_cause(result: &Result<Result<Outcome, BoxError>, String>, lost: bool) -> FailureCause {
+    match result {
+        _ if lost => FailureCause::LeaseLost,
+        Ok(Err(error)) if error.downcast_ref::<crate::DecodeError>().is_some() => FailureCause::Decode,
+        Err(text) if text.contains("panicked") => FailureCause::Panic,
+        Err(text) if text.contains("timed out") => FailureCause::Timeout,
+        _ => FailureCause::Error,
+    }
+}
+
 fn panic_text(payload: &(dyn Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
@@ -161,6 +176,7 @@ impl Dispatcher {
     /// Releases a message that this worker will not handle: visible again at once.
     pub(crate) fn release(&self, message: &Message) {
         self.counters.released.fetch_add(1, Ordering::Relaxed);
+        self.telemetry.released(message, true);
         self.acker.change_visibility(message, Duration::ZERO);
     }
 
@@ -261,13 +277,14 @@ impl Dispatcher {
     }
 
     async fn handle(&self, message: &Message, lease: Arc<LeaseHandle>, token: CancellationToken) -> Settled {
-        let span = tracing::info_span!("message", message_id = %message.id, receive_count = message.receive_count);
+        let span = message_span(self.telemetry.queue(), message);
+        self.telemetry.started(message);
+        let began = tokio::time::Instant::now();
         let ctx = Context::new(token.clone(), vec![lease.clone()], self.protection.clone());
         let Work::One(handler) = &self.work else { unreachable!("batch routes use run_batch") };
         let call = async { vec![handler.handle(message, &ctx).await] };
-        let started = tokio::time::Instant::now();
         let attempt = self.attempt(call.instrument(span.clone()), &token).await;
-        let took = started.elapsed();
+        let took = began.elapsed();
         token.cancel();
         let lost = lease.is_lost();
         drop(ctx);
@@ -299,10 +316,11 @@ impl Dispatcher {
             messages.iter().map(|m| Arc::new(self.leases.register(m, token.clone()))).collect();
         let ctx = Context::new(token.clone(), leases.clone(), self.protection.clone());
         let Work::Batch(handler) = &self.work else { unreachable!("single routes use run_one") };
-        let span = tracing::info_span!("batch", messages = messages.len());
-        let started = tokio::time::Instant::now();
+        let span = tracing::info_span!("batch", queue = &**self.telemetry.queue(), messages = messages.len());
+        messages.iter().for_each(|m| self.telemetry.started(m));
+        let began = tokio::time::Instant::now();
         let attempt = self.attempt(handler.handle_batch(&messages, &ctx).instrument(span.clone()), &token).await;
-        let took = started.elapsed();
+        let took = began.elapsed();
         token.cancel();
         let lost: Vec<bool> = leases.iter().map(|l| l.is_lost()).collect();
         drop(ctx);
@@ -344,7 +362,7 @@ impl Dispatcher {
         results.resize_with(messages.len(), || Err("the batch handler returned no result for this message".into()));
         results.truncate(messages.len());
         for ((message, result), lost) in messages.iter().zip(results).zip(lost) {
-            let span = tracing::info_span!("message", message_id = %message.id, receive_count = message.receive_count);
+            let span = message_span(self.telemetry.queue(), message);
             self.settle(message, result, lost, took).instrument(span).await;
         }
     }
@@ -396,6 +414,15 @@ impl Dispatcher {
         lost: bool,
         took: Duration,
     ) -> Settled {
+        let outcome = match &result {
+            Ok(Ok(Outcome::Ack)) => HandledOutcome::Succeeded,
+            Ok(Ok(Outcome::Retry(_))) => HandledOutcome::Retried,
+            _ => HandledOutcome::Failed,
+        };
+        self.telemetry.handled(message, outcome, took);
+        if outcome == HandledOutcome::Failed {
+            self.telemetry.failed(message, failure_cause(&result, lost));
+        }
         match result {
             Ok(Ok(Outcome::Ack)) => {
                 self.counters.succeeded.fetch_add(1, Ordering::Relaxed);
@@ -484,6 +511,7 @@ impl Dispatcher {
         match dlq.send(copy).await {
             Ok(id) => {
                 self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.telemetry.dead_lettered(message);
                 tracing::error!(
                     outcome = "dead-lettered",
                     duration_ms = millis(took),

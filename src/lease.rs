@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Message;
 use crate::config::MAX_VISIBILITY;
 use crate::queue::{BATCH_MAX, BatchEntry, Queue};
+use crate::telemetry::Telemetry;
 
 /// Kept between the last extension and SQS's 12-hour limit: our clock starts when the
 /// response arrived, SQS's a little earlier.
@@ -45,6 +46,7 @@ struct Shared {
     interval: Duration,
     leases: Mutex<HashMap<u64, Lease>>,
     next_id: AtomicU64,
+    telemetry: Telemetry,
 }
 
 /// The registry of in-flight messages and its heartbeat loop.
@@ -72,7 +74,14 @@ fn whole_seconds(wanted: Duration, limit: Duration) -> Duration {
 }
 
 impl Leases {
+    #[cfg(test)]
     pub(crate) fn new(queue: Queue, visibility: Duration, interval: Duration) -> Self {
+        let telemetry = Telemetry::detached(queue.url());
+        Self::observed(queue, visibility, interval, telemetry)
+    }
+
+    /// The registry of `queue`'s leases, reporting to `telemetry`.
+    pub(crate) fn observed(queue: Queue, visibility: Duration, interval: Duration, telemetry: Telemetry) -> Self {
         Self {
             shared: Arc::new(Shared {
                 queue,
@@ -80,6 +89,7 @@ impl Leases {
                 interval,
                 leases: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
+                telemetry,
             }),
         }
     }
@@ -117,6 +127,7 @@ impl Leases {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            self.shared.telemetry.heartbeat(self.shared.interval);
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
@@ -133,7 +144,7 @@ impl Leases {
             let mut leases = self.shared.leases.lock().expect("lease registry poisoned");
             leases.retain(|&id, lease| {
                 if lease.expires_at <= now {
-                    lose(lease, "its visibility ran out before it could be extended");
+                    lose(&self.shared.telemetry, lease, "its visibility ran out before it could be extended");
                     return false;
                 }
                 if lease.expires_at.saturating_duration_since(now) > lease.period / 2 {
@@ -166,6 +177,7 @@ impl Leases {
 
     async fn extend_chunk(&self, chunk: Vec<(u64, BatchEntry)>, sent_at: Instant) {
         let entries: Vec<BatchEntry> = chunk.iter().map(|(_, e)| e.clone()).collect();
+        self.shared.telemetry.ack_request(false);
         let failures = match self.shared.queue.change_visibility_batch(&entries).await {
             Ok(failures) => failures,
             Err(error) => {
@@ -180,12 +192,13 @@ impl Leases {
             let Some(lease) = leases.get_mut(&id) else { continue };
             match failures.iter().find(|f| f.id == entry.id) {
                 None => {
+                    self.shared.telemetry.leases_extended(1);
                     lease.expires_at = sent_at + entry.visibility;
                     tracing::debug!(message_id = %lease.message_id, visibility_s = entry.visibility.as_secs(), "heartbeat: visibility extended");
                 }
                 Some(failure) if failure.sender_fault => {
                     let reason = format!("SQS refused to extend it: {}: {}", failure.code, failure.message);
-                    lose(lease, &reason);
+                    lose(&self.shared.telemetry, lease, &reason);
                     leases.remove(&id);
                 }
                 Some(failure) => {
@@ -196,7 +209,8 @@ impl Leases {
     }
 }
 
-fn lose(lease: &Lease, reason: &str) {
+fn lose(telemetry: &Telemetry, lease: &Lease, reason: &str) {
+    telemetry.lease_lost(&lease.message_id);
     lease.lost.store(true, Ordering::Relaxed);
     lease.token.cancel();
     let in_flight = lease.received_at.elapsed();
@@ -236,6 +250,7 @@ impl LeaseHandle {
                 visibility: whole_seconds(visibility, left),
             }
         };
+        shared.telemetry.ack_request(false);
         let failures = shared
             .queue
             .change_visibility_batch(std::slice::from_ref(&entry))

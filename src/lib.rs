@@ -5,8 +5,11 @@ mod backoff;
 mod config;
 mod context;
 mod dispatch;
+mod emf;
 mod error;
+mod events;
 mod handler;
+mod health;
 mod lease;
 mod message;
 mod outcome;
@@ -16,12 +19,15 @@ mod protection;
 mod queue;
 mod runtime;
 mod shutdown;
+mod telemetry;
 
 pub use async_trait::async_trait;
-pub use config::{Config, ConfigError, LogFormat, VARIABLES};
+pub use config::{Config, ConfigError, LogFormat, MetricsOutput, VARIABLES};
 pub use context::Context;
 pub use error::{BoxError, Error};
+pub use events::{EVENT_CAPACITY, Event, FailureCause, HandledOutcome, ProtectionEvent, ShutdownPhase, Subscription};
 pub use handler::{BatchHandler, DecodeError, Handler, HandlerFn, JsonFn, handler_fn, json_fn};
+pub use health::health_check;
 pub use message::{AttributeValue, Message, MessageAttribute, SnsNotification};
 pub use outcome::{Outcome, Permanent};
 pub use protection::{
@@ -30,3 +36,4 @@ pub use protection::{
 };
 pub use queue::{MemoryQueue, MemoryQueueBuilder, OutgoingMessage, Queue, RequestCounts};
 pub use runtime::{Route, Summary, Worker, init_logging};
+pub use telemetry::names as metric_names;

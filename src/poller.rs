@@ -68,6 +68,7 @@ impl Poller {
                     // Strict protection: take nothing while the task cannot be protected, nor
                     // before the last messages know whether they could be.
                     if self.dispatcher.protection.is_strict() {
+                        let _paused = self.dispatcher.telemetry.health().pause();
                         tokio::select! {
                             biased;
                             _ = self.intake.cancelled() => return Ok(()),
@@ -98,6 +99,7 @@ impl Poller {
             };
             match received {
                 Ok(mut messages) => {
+                    self.dispatcher.telemetry.receive_ok(&messages);
                     failures = 0;
                     // A full answer means more is waiting: worth filling the next receive.
                     backlog = messages.len() >= permits.len();
@@ -114,8 +116,12 @@ impl Poller {
                         self.dispatcher.dispatch(messages, used, &self.tracker);
                     }
                 }
-                Err(error) if error.is_permanent() => return Err(self.fatal(&error)),
+                Err(error) if error.is_permanent() => {
+                    self.dispatcher.telemetry.receive_failed(&error);
+                    return Err(self.fatal(&error));
+                }
                 Err(error) => {
+                    self.dispatcher.telemetry.receive_failed(&error);
                     failures += 1;
                     backlog = false;
                     let pause = receive_backoff(failures);
@@ -222,6 +228,7 @@ mod tests {
                 intake: intake.clone(),
                 deadline: CancellationToken::new(),
                 counters: Arc::new(Counters::default()),
+                telemetry: crate::telemetry::Telemetry::detached(queue.url()),
             });
             let tracker = TaskTracker::new();
             let poller = Poller {

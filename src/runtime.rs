@@ -12,11 +12,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::acker::{AckStats, Acker};
+use crate::config::MetricsOutput;
 use crate::dispatch::{Counters, Dispatcher, Work};
+use crate::events::{Event, Events, ProtectionEvent, ShutdownPhase, Subscription};
+use crate::health::Health;
 use crate::lease::Leases;
 use crate::poller::{Activity, Poller};
 use crate::queue::{BATCH_MAX, Opener};
-use crate::{BatchHandler, Config, Error, Handler, LogFormat, Protection, Queue};
+use crate::telemetry::{Telemetry, names};
+use crate::{BatchHandler, Config, Error, Handler, LogFormat, Protection, ProtectionState, Queue};
 
 /// What a worker did in one run, returned by [`Worker::run`].
 ///
@@ -137,6 +141,7 @@ pub struct Worker {
     main: Option<Work>,
     routes: Vec<Route>,
     protection: Option<Protection>,
+    events: Events,
 }
 
 impl std::fmt::Debug for Worker {
@@ -161,7 +166,23 @@ struct Lane {
 impl Worker {
     /// A worker with this configuration.
     pub fn new(config: Config) -> Self {
-        Self { config, queue: None, dead_letter: None, main: None, routes: Vec::new(), protection: None }
+        Self {
+            config,
+            queue: None,
+            dead_letter: None,
+            main: None,
+            routes: Vec::new(),
+            protection: None,
+            events: Events::default(),
+        }
+    }
+
+    /// A subscription to what this worker does ([`Event`]s), from its next run on. Events
+    /// are built only while someone subscribes; a subscriber that falls more than
+    /// [`EVENT_CAPACITY`](crate::EVENT_CAPACITY) events behind loses the oldest and is told
+    /// so with [`Event::Lost`]: handling never waits for a subscriber.
+    pub fn subscribe(&self) -> Subscription {
+        self.events.subscribe()
     }
 
     /// A worker configured from the environment (see the README's table), with logging set
@@ -310,21 +331,41 @@ impl Worker {
             None => Protection::from_config(&config.protection).await?,
         };
 
+        let emf = match config.metrics {
+            MetricsOutput::Emf => crate::emf::install(&config.metrics_namespace),
+            _ => None,
+        };
+        let events = self.events;
+        let health = Arc::new(Health::new(config.health_threshold));
         let intake = CancellationToken::new();
         let deadline = CancellationToken::new();
         let heartbeat_stop = CancellationToken::new();
+        let telemetry_stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let counters = Arc::new(Counters::default());
         let activity = Arc::new(Activity::new());
         let slots = Arc::new(Semaphore::new(config.concurrency));
+        let health_task =
+            tokio::spawn(health.clone().run(config.health_file.clone(), slots.clone(), telemetry_stop.clone()));
+        let protection_task =
+            tokio::spawn(watch_protection(protection.subscribe(), events.clone(), telemetry_stop.clone()));
+        let emf_stop = CancellationToken::new();
+        let emf_task =
+            emf.map(|collector| tokio::spawn(crate::emf::run(collector, config.metrics_interval, emf_stop.clone())));
         // An idle queue's long poll holds the slots it polls for: give each queue a share.
         let share = config.concurrency.div_ceil(routes.len());
         let mut pollers = Vec::new();
         let mut lanes = Vec::new();
         for (queue, work, dead_letter) in routes {
+            let telemetry = Telemetry::new(queue.url(), events.clone(), health.clone());
             let (acker, ack_stats, acker_task) =
-                Acker::spawn(queue.clone(), config.ack_interval, config.ack_concurrency);
-            let leases = Leases::new(queue.clone(), config.visibility_timeout, config.heartbeat_interval);
+                Acker::spawn_observed(queue.clone(), config.ack_interval, config.ack_concurrency, telemetry.clone());
+            let leases = Leases::observed(
+                queue.clone(),
+                config.visibility_timeout,
+                config.heartbeat_interval,
+                telemetry.clone(),
+            );
             let heartbeat = tokio::spawn(leases.clone().run(heartbeat_stop.clone()));
             let dispatcher = Arc::new(Dispatcher {
                 work,
@@ -338,6 +379,7 @@ impl Worker {
                 intake: intake.clone(),
                 deadline: deadline.clone(),
                 counters: counters.clone(),
+                telemetry,
             });
             for _ in 0..share.div_ceil(BATCH_MAX) {
                 let poller = Poller {
@@ -410,18 +452,21 @@ impl Worker {
 
         // Stop taking messages: pending long polls are dropped, messages received but not
         // started are released by their tasks.
+        events.emit(|| Event::Shutdown(ShutdownPhase::SignalReceived));
         intake.cancel();
         while pollers.join_next().await.is_some() {}
+        health.draining();
+        events.emit(|| Event::Shutdown(ShutdownPhase::PollingStopped));
         tracker.close();
         let running = tracker.len();
         if running > 0 {
+            events.emit(|| Event::Shutdown(ShutdownPhase::DrainStarted { running }));
             tracing::info!(running, drain_timeout_s = config.drain_timeout.as_secs(), "stopped polling; draining");
         }
         if tokio::time::timeout(config.drain_timeout, tracker.wait()).await.is_err() {
-            tracing::warn!(
-                running = tracker.len(),
-                "drain deadline passed: stopping handlers and releasing their messages"
-            );
+            let running = tracker.len();
+            events.emit(|| Event::Shutdown(ShutdownPhase::DrainDeadlinePassed { running }));
+            tracing::warn!(running, "drain deadline passed: stopping handlers and releasing their messages");
             deadline.cancel();
             tracker.wait().await;
         }
@@ -439,8 +484,12 @@ impl Worker {
             summary.deleted += lane.ack_stats.deleted.load(Ordering::Relaxed);
             summary.delete_failed += lane.ack_stats.delete_failed.load(Ordering::Relaxed);
         }
+        events.emit(|| Event::Shutdown(ShutdownPhase::DeletesFlushed));
         // Deletes are flushed: the task may be taken now.
         protection.shutdown().await;
+        telemetry_stop.cancel();
+        let _ = health_task.await;
+        let _ = protection_task.await;
         summary.deliveries = counters.received.load(Ordering::Relaxed);
         summary.succeeded = counters.succeeded.load(Ordering::Relaxed);
         summary.retried = counters.retried.load(Ordering::Relaxed);
@@ -457,9 +506,51 @@ impl Worker {
             deleted = summary.deleted,
             "worker stopped"
         );
+        emf_stop.cancel();
+        if let Some(task) = emf_task {
+            let _ = task.await;
+        }
+        events.emit(|| Event::Shutdown(ShutdownPhase::Stopped));
         match fatal {
             Some(error) => Err(error),
             None => Ok(summary),
+        }
+    }
+}
+
+/// Turns protection state changes into the `holdfast_protected` gauge and protection
+/// events, until `stop` or the manager shuts down.
+async fn watch_protection(
+    mut states: tokio::sync::watch::Receiver<ProtectionState>,
+    events: Events,
+    stop: CancellationToken,
+) {
+    let gauge = metrics::gauge!(names::PROTECTED);
+    let mut protected = false;
+    loop {
+        let state = states.borrow_and_update().clone();
+        let now = match &state {
+            ProtectionState::Protected { .. } => true,
+            ProtectionState::Rejected { error, protected_until } => {
+                let reason = error.code().to_owned();
+                events.emit(|| Event::Protection(ProtectionEvent::Refused { reason }));
+                protected_until.is_some()
+            }
+            _ => false,
+        };
+        if now != protected {
+            let event = if now { ProtectionEvent::Protected } else { ProtectionEvent::Released };
+            events.emit(|| Event::Protection(event));
+            protected = now;
+        }
+        gauge.set(if protected { 1.0 } else { 0.0 });
+        if matches!(state, ProtectionState::ShutDown) {
+            return;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            changed = states.changed() => if changed.is_err() { return },
         }
     }
 }

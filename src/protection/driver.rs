@@ -252,6 +252,7 @@ impl Driver {
     }
 
     fn log_call(&mut self, action: Action, result: &Result<(), ProtectionError>) {
+        crate::telemetry::protection_call(matches!(action, Action::Protect { .. }), result);
         match (action, result) {
             (Action::Protect { minutes }, Ok(())) => {
                 if self.last_error_logged.take().is_some() {
