@@ -17,7 +17,7 @@ mod runtime;
 mod shutdown;
 
 pub use async_trait::async_trait;
-pub use config::{Config, ConfigError, LogFormat, VARIABLES};
+pub use config::{Config, ConfigError, LogFormat, ShutdownReceive, VARIABLES};
 pub use context::Context;
 pub use error::{BoxError, Error};
 pub use handler::{BatchHandler, DecodeError, Handler, HandlerFn, JsonFn, handler_fn, json_fn};

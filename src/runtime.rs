@@ -339,6 +339,7 @@ impl Worker {
                     batch_target: share.min(BATCH_MAX),
                     batch_window: config.batch_window,
                     activity: activity.clone(),
+                    shutdown_receive: config.shutdown_receive.limit(config.drain_timeout),
                 };
                 pollers.push(poller);
             }
@@ -393,16 +394,31 @@ impl Worker {
             }
         }
 
-        // Stop taking messages: pending long polls are dropped, messages received but not
-        // started are released by their tasks.
+        // Stop taking messages: receives in flight finish (within their limit) and hand back
+        // what they bring, messages received but not started are released by their tasks,
+        // and running handlers go on meanwhile, all within the drain deadline.
         intake.cancel();
+        let drain_end = tokio::time::Instant::now() + config.drain_timeout;
+        let receiving = activity.receiving();
+        let receive_limit = config.shutdown_receive.limit(config.drain_timeout);
+        if receiving > 0 && !receive_limit.is_zero() {
+            tracing::info!(
+                receives = receiving,
+                up_to_s = receive_limit.min(config.wait_time).as_secs_f64(),
+                "shutting down: waiting for the receive in flight"
+            );
+        }
         while pollers.join_next().await.is_some() {}
         tracker.close();
         let running = tracker.len();
         if running > 0 {
-            tracing::info!(running, drain_timeout_s = config.drain_timeout.as_secs(), "stopped polling; draining");
+            tracing::info!(
+                running,
+                drain_timeout_s = drain_end.saturating_duration_since(tokio::time::Instant::now()).as_secs(),
+                "stopped polling; draining"
+            );
         }
-        if tokio::time::timeout(config.drain_timeout, tracker.wait()).await.is_err() {
+        if tokio::time::timeout_at(drain_end, tracker.wait()).await.is_err() {
             tracing::warn!(
                 running = tracker.len(),
                 "drain deadline passed: stopping handlers and releasing their messages"
