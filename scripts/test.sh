@@ -17,6 +17,8 @@ echo "== cargo clippy"
 cargo clippy --all-targets --all-features --locked -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
+# Includes the reliability suite (tests/reliability.rs, tests/shutdown.rs, tests/hostile.rs,
+# tests/variables.rs; about 2.5 minutes); scripts/soak.sh runs its longer variants.
 echo "== cargo test (SQS server at $HOLDFAST_TEST_SQS_ENDPOINT)"
 cargo test --all-targets --locked -- --test-threads 8
 cargo test --doc --locked
