@@ -320,6 +320,48 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_receive_in_flight_at_shutdown_finishes_and_its_messages_are_released() {
+        let memory = MemoryQueue::new("in-flight");
+        let queue = Queue::memory(&memory);
+        let intake = CancellationToken::new();
+        let (rig, poller) = Rig::new(&queue, &intake, 10, Duration::from_secs(20));
+        let (counters, handled) = (rig.dispatcher.counters.clone(), rig.handled.clone());
+        let polling = tokio::spawn(poller.run());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        intake.cancel();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!polling.is_finished(), "the poller waits for its receive");
+        queue.send(OutgoingMessage::new("sent after the stop")).await.unwrap();
+        polling.await.unwrap().unwrap();
+        rig.finish().await;
+        assert_eq!(handled.load(Ordering::SeqCst), 0, "not handled after shutdown began");
+        assert_eq!(counters.released.load(Ordering::Relaxed), 1);
+        assert_eq!(memory.visible_len(), 1, "visible again at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_for_the_receive_is_bounded_and_abandon_does_not_wait() {
+        for (limit, waited) in [(Duration::from_secs(3), Duration::from_secs(3)), (Duration::ZERO, Duration::ZERO)] {
+            let memory = MemoryQueue::new("bounded");
+            let queue = Queue::memory(&memory);
+            let intake = CancellationToken::new();
+            let (rig, mut poller) = Rig::new(&queue, &intake, 10, Duration::from_secs(20));
+            poller.shutdown_receive = limit;
+            let polling = tokio::spawn(poller.run());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let stopped = tokio::time::Instant::now();
+            intake.cancel();
+            polling.await.unwrap().unwrap();
+            assert_eq!(stopped.elapsed(), waited);
+            rig.finish().await;
+            // The abandoned receive goes on in the server and hides what arrives.
+            queue.send(OutgoingMessage::new("taken by nobody")).await.unwrap();
+            tokio::task::yield_now().await;
+            assert_eq!(memory.in_flight_len(), 1, "limit {limit:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_fifo_receive_that_failed_in_transit_is_retried_with_the_same_attempt_id() {
         let memory = MemoryQueue::builder("attempt.fifo").fifo().build();
         // The first receive fails in transit; every request is recorded.
