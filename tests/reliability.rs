@@ -4,7 +4,8 @@
 //! appends the number to a record file once it has done the work, and the accounting reads
 //! that record, never the worker's logs.
 //!
-//! `RELIABILITY_SCALE` (default 1) multiplies the message and kill counts, for soak runs
+//! `RELIABILITY_SCALE` (default 1) multiplies the message and kill counts, and
+//! `RELIABILITY_FAULT_RATE` (default 0.2) sets the proxy's fault rate, for soak runs
 //! (`scripts/soak.sh`).
 
 mod common;
@@ -492,7 +493,8 @@ async fn faults_on_every_api() -> Result<(), String> {
     let (q, record) = numbered_queue("faults", sent, 5).await;
     let upstream = common::endpoint().trim_start_matches("http://").trim_end_matches('/').to_owned();
     let counts = Arc::new(FaultCounts::default());
-    let proxy = fault_proxy(upstream, 0.2, Duration::from_secs(240), counts.clone());
+    let rate = std::env::var("RELIABILITY_FAULT_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(0.2);
+    let proxy = fault_proxy(upstream, rate, Duration::from_secs(240), counts.clone());
     let env = worker_env(q.queue.url(), &proxy, &record, &[("HOLDFAST_VISIBILITY_TIMEOUT", "5")]);
     let mut worker = Running::start(&env);
     worker.wait_for("worker started", Duration::from_secs(20))?;
@@ -511,7 +513,8 @@ async fn faults_on_every_api() -> Result<(), String> {
     let t = tally(&record, sent);
     let faults = counts.faults();
     println!(
-        "    faults at 20 %: sent {}, handled {}, lost {}, duplicated {}; requests forwarded {}, faults {faults} (5xx {}, throttled {}, delayed {}, dropped before {}, dropped after {}); warn/error lines {noisy}",
+        "    faults at {:.0} %: sent {}, handled {}, lost {}, duplicated {}; requests forwarded {}, faults {faults} (5xx {}, throttled {}, delayed {}, dropped before {}, dropped after {}); warn/error lines {noisy}",
+        rate * 100.0,
         t.sent,
         t.handled,
         t.lost.len(),
