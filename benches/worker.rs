@@ -116,12 +116,16 @@ async fn sqs_requests(endpoint: &str, concurrency: usize, total: u64) {
     let _ = client.delete_queue().queue_url(url).send().await;
 }
 
-fn idle_sigterm_latency(worker: &str, runs: usize) {
+/// SIGTERM 200 ms after start to exit, with `HOLDFAST_SHUTDOWN_RECEIVE=mode`: `abandon`
+/// drops the long poll in flight, `wait` lets it end (the rest of the `wait_s` wait time).
+fn idle_sigterm_latency(worker: &str, runs: usize, mode: &str, wait_s: u64) {
     let mut samples = Vec::new();
     for _ in 0..runs {
         let mut child = Command::new(worker)
             .env_clear()
             .env("HOLDFAST_QUEUE_URL", "memory://idle")
+            .env("HOLDFAST_SHUTDOWN_RECEIVE", mode)
+            .env("HOLDFAST_WAIT_TIME", wait_s.to_string())
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -144,7 +148,7 @@ fn idle_sigterm_latency(worker: &str, runs: usize) {
     }
     samples.sort();
     println!(
-        "idle worker process, SIGTERM -> exit over {runs} runs: median {:.1} ms, max {:.1} ms",
+        "idle worker process, HOLDFAST_SHUTDOWN_RECEIVE={mode}, wait time {wait_s} s, SIGTERM -> exit over {runs} runs: median {:.1} ms, max {:.1} ms",
         samples[runs / 2].as_secs_f64() * 1e3,
         samples[runs - 1].as_secs_f64() * 1e3
     );
@@ -172,7 +176,10 @@ fn main() {
         Err(_) => println!("local SQS server figures skipped: run scripts/bench.sh, which starts it"),
     }
     match std::env::var("HOLDFAST_WORKER_BIN") {
-        Ok(bin) => idle_sigterm_latency(&bin, 20),
+        Ok(bin) => {
+            idle_sigterm_latency(&bin, 20, "abandon", 20);
+            idle_sigterm_latency(&bin, 5, "wait", 2);
+        }
         Err(_) => println!("SIGTERM latency skipped: run scripts/bench.sh, which builds the worker binary"),
     }
 }

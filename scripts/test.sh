@@ -20,6 +20,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
 echo "== README.md's Rust blocks, each pasted into a new crate"
 python3 scripts/readme-blocks.py
 python3 scripts/readme-blocks.py --self-test
+# Includes the reliability suite (tests/reliability.rs, tests/shutdown.rs, tests/hostile.rs,
+# tests/variables.rs; about 2.5 minutes); scripts/soak.sh runs its longer variants.
 echo "== cargo test (SQS server at $HOLDFAST_TEST_SQS_ENDPOINT)"
 cargo test --all-targets --locked -- --test-threads 8
 cargo test --doc --locked

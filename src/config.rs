@@ -89,6 +89,39 @@ pub enum MetricsOutput {
     Emf,
 }
 
+/// What shutdown does with a receive (long poll) in flight, `HOLDFAST_SHUTDOWN_RECEIVE`.
+///
+/// SQS keeps serving a receive whose client went away: the messages it takes then are
+/// delivered to no one, stay invisible for the visibility timeout, count toward the redrive
+/// policy's `maxReceiveCount` and, on a FIFO queue, hold their group. Waiting for the receive
+/// and releasing what it brings avoids that, at the cost of up to the rest of the wait time
+/// before `run` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ShutdownReceive {
+    /// Let the receive finish (up to the wait time, bounded by the drain deadline) and
+    /// release what it returns at once (`wait`, the default).
+    #[default]
+    Wait,
+    /// Wait at most this long (bounded by the drain deadline too), then abandon it.
+    UpTo(Duration),
+    /// Drop the receive at once (`abandon`): an idle worker exits in milliseconds, but a
+    /// message SQS hands to the dropped receive stays hidden for the visibility timeout,
+    /// counts as a receive, and holds its FIFO group meanwhile.
+    Abandon,
+}
+
+impl ShutdownReceive {
+    /// How long shutdown waits for a receive in flight, given the drain deadline.
+    pub(crate) fn limit(self, drain: Duration) -> Duration {
+        match self {
+            ShutdownReceive::Wait => drain,
+            ShutdownReceive::UpTo(limit) => limit.min(drain),
+            ShutdownReceive::Abandon => Duration::ZERO,
+        }
+    }
+}
+
 /// Everything a worker can be configured with.
 ///
 /// Start from [`Config::default`] or [`Config::from_env`], then change fields as needed.
@@ -132,6 +165,9 @@ pub struct Config {
     /// known. Set it from the same value as the task definition's `StopTimeout` and the
     /// drain deadline follows it; a drain that would not end 5 s before it is refused.
     pub stop_timeout: Option<Duration>,
+    /// `HOLDFAST_SHUTDOWN_RECEIVE`: what shutdown does with a receive in flight (default:
+    /// wait for it, within the drain deadline, and release what it returns).
+    pub shutdown_receive: ShutdownReceive,
     /// `HOLDFAST_BACKOFF_MIN`: visibility after a first failed attempt (default 2 s).
     pub backoff_min: Duration,
     /// `HOLDFAST_BACKOFF_MAX`: the cap on the failure backoff (default 5 min).
@@ -192,6 +228,7 @@ impl Default for Config {
             handler_timeout: None,
             drain_timeout: Duration::from_secs(25),
             stop_timeout: None,
+            shutdown_receive: ShutdownReceive::Wait,
             backoff_min: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
             batch_window: Duration::from_millis(10),
@@ -256,6 +293,7 @@ pub const VARIABLES: &[&str] = &[
     "HOLDFAST_HANDLER_TIMEOUT",
     "HOLDFAST_STOP_TIMEOUT",
     "HOLDFAST_DRAIN_TIMEOUT",
+    "HOLDFAST_SHUTDOWN_RECEIVE",
     "HOLDFAST_BACKOFF_MIN",
     "HOLDFAST_BACKOFF_MAX",
     "HOLDFAST_BATCH_WINDOW",
@@ -401,6 +439,22 @@ impl Config {
                         None => e,
                     }
                 })?;
+        }
+        if let Some(v) = get("HOLDFAST_SHUTDOWN_RECEIVE") {
+            config.shutdown_receive = match v.trim().to_ascii_lowercase().as_str() {
+                "wait" => ShutdownReceive::Wait,
+                "abandon" => ShutdownReceive::Abandon,
+                _ => ShutdownReceive::UpTo(
+                    parse_duration(
+                        "HOLDFAST_SHUTDOWN_RECEIVE",
+                        &v,
+                        Duration::from_millis(1),
+                        Duration::from_secs(20),
+                        false,
+                    )
+                    .map_err(|e| ConfigError { expected: format!("wait, abandon, or {}", e.expected), ..e })?,
+                ),
+            };
         }
         if let Some(v) = get("HOLDFAST_BACKOFF_MIN") {
             config.backoff_min = parse_duration("HOLDFAST_BACKOFF_MIN", &v, Duration::ZERO, MAX_VISIBILITY, true)?;
@@ -688,6 +742,9 @@ mod tests {
             ("HOLDFAST_HANDLER_TIMEOUT", "forever", "or off"),
             ("HOLDFAST_STOP_TIMEOUT", "5", "from 10s to 12h"),
             ("HOLDFAST_DRAIN_TIMEOUT", "-1", "duration"),
+            ("HOLDFAST_SHUTDOWN_RECEIVE", "later", "wait, abandon, or a duration"),
+            ("HOLDFAST_SHUTDOWN_RECEIVE", "0", "from 1ms to 20s"),
+            ("HOLDFAST_SHUTDOWN_RECEIVE", "30s", "from 1ms to 20s"),
             ("HOLDFAST_BACKOFF_MIN", "1.5s", "duration"),
             ("HOLDFAST_BACKOFF_MAX", "13h", "not less than HOLDFAST_BACKOFF_MIN"),
             ("HOLDFAST_BATCH_WINDOW", "2s", "from 0s to 1s"),
@@ -766,6 +823,18 @@ mod tests {
         }
         assert!(!parse(&[URL]).unwrap().log_message_content);
         assert!(parse(&[URL, ("HOLDFAST_LOG_MESSAGE_CONTENT", "on")]).unwrap().log_message_content);
+    }
+
+    #[test]
+    fn the_receive_in_flight_at_shutdown_is_waited_for_by_default() {
+        assert_eq!(parse(&[URL]).unwrap().shutdown_receive, ShutdownReceive::Wait);
+        let c = parse(&[URL, ("HOLDFAST_SHUTDOWN_RECEIVE", "Abandon")]).unwrap();
+        assert_eq!(c.shutdown_receive, ShutdownReceive::Abandon);
+        let c = parse(&[URL, ("HOLDFAST_SHUTDOWN_RECEIVE", "5s"), ("HOLDFAST_DRAIN_TIMEOUT", "2")]).unwrap();
+        assert_eq!(c.shutdown_receive, ShutdownReceive::UpTo(Duration::from_secs(5)));
+        assert_eq!(c.shutdown_receive.limit(c.drain_timeout), Duration::from_secs(2), "the drain deadline bounds it");
+        assert_eq!(ShutdownReceive::Wait.limit(Duration::from_secs(25)), Duration::from_secs(25));
+        assert_eq!(ShutdownReceive::Abandon.limit(Duration::from_secs(25)), Duration::ZERO);
     }
 
     #[test]

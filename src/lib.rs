@@ -22,7 +22,7 @@ mod shutdown;
 mod telemetry;
 
 pub use async_trait::async_trait;
-pub use config::{Config, ConfigError, LogFormat, MetricsOutput, VARIABLES};
+pub use config::{Config, ConfigError, LogFormat, MetricsOutput, ShutdownReceive, VARIABLES};
 pub use context::Context;
 pub use error::{BoxError, Error};
 pub use events::{EVENT_CAPACITY, Event, FailureCause, HandledOutcome, ProtectionEvent, ShutdownPhase, Subscription};

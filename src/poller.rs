@@ -1,7 +1,7 @@
 //! The receive loop: polls only for free capacity and hands each message to its own task.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -26,18 +26,26 @@ pub(crate) struct Poller {
     pub(crate) batch_window: Duration,
     /// When a receive last returned messages, for exit-when-idle.
     pub(crate) activity: Arc<Activity>,
+    /// How long a receive in flight at shutdown may take to finish (zero: dropped at once).
+    pub(crate) shutdown_receive: Duration,
 }
 
-/// The time of the last receive that returned messages.
+/// The time of the last receive that returned messages, and the receives in flight.
 #[derive(Debug)]
 pub(crate) struct Activity {
     start: tokio::time::Instant,
     last_ms: AtomicU64,
+    receiving: AtomicUsize,
 }
 
 impl Activity {
     pub(crate) fn new() -> Self {
-        Self { start: tokio::time::Instant::now(), last_ms: AtomicU64::new(0) }
+        Self { start: tokio::time::Instant::now(), last_ms: AtomicU64::new(0), receiving: AtomicUsize::new(0) }
+    }
+
+    /// Receives in flight now.
+    pub(crate) fn receiving(&self) -> usize {
+        self.receiving.load(Ordering::SeqCst)
     }
 
     fn touch(&self) {
@@ -91,12 +99,25 @@ impl Poller {
                     (request, permits)
                 }
             };
-            // Dropping the receive on shutdown cancels the long poll at once.
-            let received = tokio::select! {
+            // SQS keeps serving a receive whose client went away, and what it takes then
+            // would stay hidden, counted as received, with nobody handling it. At shutdown the
+            // receive is left to finish (within its limit) and what it brings is released.
+            self.activity.receiving.fetch_add(1, Ordering::SeqCst);
+            let received = {
+                let receive = self.queue.receive(&request);
+                tokio::pin!(receive);
+                tokio::select! {
                 biased;
-                _ = self.intake.cancelled() => return Ok(()),
-                received = self.queue.receive(&request) => received,
+                _ = self.intake.cancelled() => {
+                    let last = tokio::time::timeout(self.shutdown_receive, &mut receive).await;
+                    self.activity.receiving.fetch_sub(1, Ordering::SeqCst);
+                    self.finish_at_shutdown(last.ok());
+                    return Ok(());
+                }
+                received = &mut receive => received,
+                }
             };
+            self.activity.receiving.fetch_sub(1, Ordering::SeqCst);
             match received {
                 Ok(mut messages) => {
                     self.dispatcher.telemetry.receive_ok(&messages);
@@ -138,6 +159,26 @@ impl Poller {
                     }
                 }
             }
+        }
+    }
+
+    /// Hands back what the receive in flight at shutdown brought (`None`: it was abandoned at
+    /// its limit). Released messages are visible again at once and count as no attempt.
+    fn finish_at_shutdown(&self, last: Option<Result<Vec<crate::Message>, QueueError>>) {
+        match last {
+            Some(Ok(messages)) if !messages.is_empty() => {
+                self.dispatcher.counters.received.fetch_add(messages.len() as u64, Ordering::Relaxed);
+                for message in &messages {
+                    self.dispatcher.release(message);
+                }
+                tracing::info!(messages = messages.len(), "shutting down: released what the receive in flight brought");
+            }
+            Some(_) => {}
+            None if self.shutdown_receive.is_zero() => {}
+            None => tracing::warn!(
+                limit_ms = self.shutdown_receive.as_millis() as u64,
+                "shutting down: the receive in flight did not finish within its limit and was abandoned; a message it takes stays hidden for the visibility timeout"
+            ),
         }
     }
 
@@ -242,6 +283,7 @@ mod tests {
                 batch_target: slots.min(BATCH_MAX),
                 batch_window: Duration::ZERO,
                 activity: Arc::new(Activity::new()),
+                shutdown_receive: Duration::from_secs(25),
             };
             (Rig { dispatcher, tracker, acker_task, handled }, poller)
         }
@@ -282,6 +324,48 @@ mod tests {
         assert_eq!(started.load(Ordering::SeqCst), 0, "no handler may start after shutdown began");
         assert_eq!(counters.released.load(Ordering::Relaxed), 3);
         assert_eq!(memory.visible_len(), 3, "visible again at once, not after 30 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_receive_in_flight_at_shutdown_finishes_and_its_messages_are_released() {
+        let memory = MemoryQueue::new("in-flight");
+        let queue = Queue::memory(&memory);
+        let intake = CancellationToken::new();
+        let (rig, poller) = Rig::new(&queue, &intake, 10, Duration::from_secs(20));
+        let (counters, handled) = (rig.dispatcher.counters.clone(), rig.handled.clone());
+        let polling = tokio::spawn(poller.run());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        intake.cancel();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!polling.is_finished(), "the poller waits for its receive");
+        queue.send(OutgoingMessage::new("sent after the stop")).await.unwrap();
+        polling.await.unwrap().unwrap();
+        rig.finish().await;
+        assert_eq!(handled.load(Ordering::SeqCst), 0, "not handled after shutdown began");
+        assert_eq!(counters.released.load(Ordering::Relaxed), 1);
+        assert_eq!(memory.visible_len(), 1, "visible again at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_for_the_receive_is_bounded_and_abandon_does_not_wait() {
+        for (limit, waited) in [(Duration::from_secs(3), Duration::from_secs(3)), (Duration::ZERO, Duration::ZERO)] {
+            let memory = MemoryQueue::new("bounded");
+            let queue = Queue::memory(&memory);
+            let intake = CancellationToken::new();
+            let (rig, mut poller) = Rig::new(&queue, &intake, 10, Duration::from_secs(20));
+            poller.shutdown_receive = limit;
+            let polling = tokio::spawn(poller.run());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let stopped = tokio::time::Instant::now();
+            intake.cancel();
+            polling.await.unwrap().unwrap();
+            assert_eq!(stopped.elapsed(), waited);
+            rig.finish().await;
+            // The abandoned receive goes on in the server and hides what arrives.
+            queue.send(OutgoingMessage::new("taken by nobody")).await.unwrap();
+            tokio::task::yield_now().await;
+            assert_eq!(memory.in_flight_len(), 1, "limit {limit:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -393,6 +393,7 @@ impl Worker {
                     batch_target: share.min(BATCH_MAX),
                     batch_window: config.batch_window,
                     activity: activity.clone(),
+                    shutdown_receive: config.shutdown_receive.limit(config.drain_timeout),
                 };
                 pollers.push(poller);
             }
@@ -450,10 +451,21 @@ impl Worker {
             }
         }
 
-        // Stop taking messages: pending long polls are dropped, messages received but not
-        // started are released by their tasks.
+        // Stop taking messages: receives in flight finish (within their limit) and hand back
+        // what they bring, messages received but not started are released by their tasks,
+        // and running handlers go on meanwhile, all within the drain deadline.
         events.emit(|| Event::Shutdown(ShutdownPhase::SignalReceived));
         intake.cancel();
+        let drain_end = tokio::time::Instant::now() + config.drain_timeout;
+        let receiving = activity.receiving();
+        let receive_limit = config.shutdown_receive.limit(config.drain_timeout);
+        if receiving > 0 && !receive_limit.is_zero() {
+            tracing::info!(
+                receives = receiving,
+                up_to_s = receive_limit.min(config.wait_time).as_secs_f64(),
+                "shutting down: waiting for the receive in flight"
+            );
+        }
         while pollers.join_next().await.is_some() {}
         health.draining();
         events.emit(|| Event::Shutdown(ShutdownPhase::PollingStopped));
@@ -461,9 +473,13 @@ impl Worker {
         let running = tracker.len();
         if running > 0 {
             events.emit(|| Event::Shutdown(ShutdownPhase::DrainStarted { running }));
-            tracing::info!(running, drain_timeout_s = config.drain_timeout.as_secs(), "stopped polling; draining");
+            tracing::info!(
+                running,
+                drain_timeout_s = drain_end.saturating_duration_since(tokio::time::Instant::now()).as_secs(),
+                "stopped polling; draining"
+            );
         }
-        if tokio::time::timeout(config.drain_timeout, tracker.wait()).await.is_err() {
+        if tokio::time::timeout_at(drain_end, tracker.wait()).await.is_err() {
             let running = tracker.len();
             events.emit(|| Event::Shutdown(ShutdownPhase::DrainDeadlinePassed { running }));
             tracing::warn!(running, "drain deadline passed: stopping handlers and releasing their messages");

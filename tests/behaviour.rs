@@ -174,10 +174,13 @@ async fn the_drain_deadline_releases_what_is_still_running(backend: Backend) {
     assert_eq!(q.counts().await, (1, 0));
 }
 
-async fn an_idle_worker_stops_within_a_second(backend: Backend) {
+/// With `HOLDFAST_SHUTDOWN_RECEIVE=abandon` the long poll in flight is dropped and an idle
+/// worker stops at once (the default waits for it: see tests/shutdown.rs).
+async fn an_idle_worker_told_to_abandon_its_receive_stops_within_a_second(backend: Backend) {
     let q = TestQueue::new(backend, "idle", Options::default()).await;
     let mut config = q.config();
     config.wait_time = Duration::from_secs(20);
+    config.shutdown_receive = holdfast::ShutdownReceive::Abandon;
     let worker = Worker::new(config)
         .queue(q.queue.clone())
         .handler(handler_fn(|_m, _c| async { Ok::<_, BoxError>(Outcome::Ack) }));
@@ -339,7 +342,7 @@ on_both_backends!(
     the_heartbeat_keeps_a_long_job_from_redelivery,
     shutdown_mid_job_lets_it_finish_and_deletes_it,
     the_drain_deadline_releases_what_is_still_running,
-    an_idle_worker_stops_within_a_second,
+    an_idle_worker_told_to_abandon_its_receive_stops_within_a_second,
     an_always_failing_message_reaches_the_dead_letter_queue,
     an_undecodable_body_fails_the_attempt_not_the_worker,
     retry_outcome_sets_the_visibility,

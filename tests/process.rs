@@ -143,7 +143,12 @@ fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), Strin
 async fn sigterm_mid_job_finishes_and_exits_zero() -> Result<(), String> {
     let q = common::TestQueue::new(common::Backend::Sqs, "sigterm", common::Options::default()).await;
     q.send("3000").await;
-    let mut worker = Running::start(&sqs_env(q.queue.url()));
+    // The free slots' receive in flight at SIGTERM is waited for too: a 2 s wait time keeps it
+    // inside the drain.
+    let mut env = sqs_env(q.queue.url());
+    env.retain(|(k, _)| *k != "HOLDFAST_WAIT_TIME");
+    env.push(("HOLDFAST_WAIT_TIME", "2".into()));
+    let mut worker = Running::start(&env);
     worker.wait_for("job started", Duration::from_secs(20))?;
     std::thread::sleep(Duration::from_millis(300));
     worker.signal(Signal::SIGTERM);
@@ -157,22 +162,41 @@ async fn sigterm_mid_job_finishes_and_exits_zero() -> Result<(), String> {
     ensure(counts == (0, 0), || format!("queue (visible, in flight) = {counts:?}; the message should be deleted"))
 }
 
-/// An idle worker exits within a second of SIGTERM, even with a 20 s long poll in flight.
-async fn idle_sigterm_exits_within_a_second() -> Result<(), String> {
+/// An idle worker's SIGTERM waits for the long poll in flight (so that nothing SQS hands to
+/// it stays hidden), up to the rest of its wait time; with `HOLDFAST_SHUTDOWN_RECEIVE=abandon`
+/// it exits within a second.
+async fn idle_sigterm_waits_for_the_receive_or_abandons_it() -> Result<(), String> {
     let q = common::TestQueue::new(common::Backend::Sqs, "idle", common::Options::default()).await;
-    let mut worker = Running::start(&sqs_env(q.queue.url()));
-    worker.wait_for("worker started", Duration::from_secs(20))?;
-    std::thread::sleep(Duration::from_millis(500));
-    worker.signal(Signal::SIGTERM);
-    let (code, took) = worker.wait_exit(Duration::from_secs(5))?;
-    println!("    idle SIGTERM -> exit: {took:?}");
-    ensure(code == 0, || format!("exit code {code}"))?;
-    ensure(took < Duration::from_secs(1), || format!("idle shutdown took {took:?}"))
+    for (mode, wait_s) in [("wait", 3u64), ("abandon", 20)] {
+        let mut env = sqs_env(q.queue.url());
+        env.retain(|(k, _)| *k != "HOLDFAST_WAIT_TIME");
+        env.push(("HOLDFAST_WAIT_TIME", wait_s.to_string()));
+        env.push(("HOLDFAST_SHUTDOWN_RECEIVE", mode.into()));
+        let mut worker = Running::start(&env);
+        worker.wait_for("worker started", Duration::from_secs(20))?;
+        std::thread::sleep(Duration::from_millis(500));
+        worker.signal(Signal::SIGTERM);
+        let (code, took) = worker.wait_exit(Duration::from_secs(15))?;
+        let log = worker.log.join("\n");
+        println!("    idle SIGTERM -> exit, HOLDFAST_SHUTDOWN_RECEIVE={mode}, wait time {wait_s} s: {took:?}");
+        ensure(code == 0, || format!("exit code {code}; log:\n{log}"))?;
+        if mode == "wait" {
+            ensure(log.contains("waiting for the receive in flight"), || log.clone())?;
+            ensure(took >= Duration::from_millis(1500), || {
+                format!("{mode}: exited after {took:?}, the receive was dropped")
+            })?;
+            ensure(took < Duration::from_secs(6), || format!("{mode}: exited after {took:?}, past the 3 s wait time"))?;
+        } else {
+            ensure(took < Duration::from_secs(1), || format!("{mode}: idle shutdown took {took:?}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The embedded queue needs no AWS at all; SIGINT works like SIGTERM.
 async fn memory_queue_runs_without_aws() -> Result<(), String> {
-    let mut worker = Running::start(&[("HOLDFAST_QUEUE_URL", "memory://local".into())]);
+    let mut worker =
+        Running::start(&[("HOLDFAST_QUEUE_URL", "memory://local".into()), ("HOLDFAST_WAIT_TIME", "1".into())]);
     worker.wait_for("worker started", Duration::from_secs(10))?;
     worker.signal(Signal::SIGINT);
     let (code, _) = worker.wait_exit(Duration::from_secs(5))?;
@@ -211,7 +235,9 @@ async fn a_main_returning_the_error_prints_one_clear_line() -> Result<(), String
 
 /// Log lines written to a pipe (`2>file`, `| tee`) carry no ANSI colour codes.
 async fn logs_to_a_pipe_have_no_colour() -> Result<(), String> {
-    let mut worker = Running::start(&[("HOLDFAST_QUEUE_URL", "memory://local".into())]);
+    // 1 s long polls: shutdown waits for the one in flight
+    let mut worker =
+        Running::start(&[("HOLDFAST_QUEUE_URL", "memory://local".into()), ("HOLDFAST_WAIT_TIME", "1".into())]);
     worker.wait_for("worker started", Duration::from_secs(10))?;
     worker.signal(Signal::SIGINT);
     let (code, _) = worker.wait_exit(Duration::from_secs(5))?;
@@ -266,11 +292,12 @@ fn run_on_a_terminal(env: &[(&str, String)]) -> Result<String, String> {
 /// On a terminal, log lines are coloured, unless `NO_COLOR` is set (https://no-color.org).
 async fn logs_to_a_terminal_are_coloured_unless_no_color() -> Result<(), String> {
     let url = ("HOLDFAST_QUEUE_URL", "memory://local".to_owned());
-    let coloured = run_on_a_terminal(std::slice::from_ref(&url))?;
+    let short_polls = ("HOLDFAST_WAIT_TIME", "1".to_owned()); // shutdown waits for the one in flight
+    let coloured = run_on_a_terminal(&[url.clone(), short_polls.clone()])?;
     ensure(coloured.contains("worker started") && coloured.contains('\x1b'), || {
         format!("expected ANSI colour on a terminal:\n{coloured:?}")
     })?;
-    let plain = run_on_a_terminal(&[url, ("NO_COLOR", "1".into())])?;
+    let plain = run_on_a_terminal(&[url, short_polls, ("NO_COLOR", "1".into())])?;
     ensure(plain.contains("worker started") && !plain.contains('\x1b'), || {
         format!("NO_COLOR=1 should switch colour off:\n{plain:?}")
     })
@@ -299,7 +326,9 @@ fn main() -> ExitCode {
     type Case = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>>>>;
     let cases: [(&str, Case); 7] = [
         ("sigterm_mid_job_finishes_and_exits_zero", || Box::pin(sigterm_mid_job_finishes_and_exits_zero())),
-        ("idle_sigterm_exits_within_a_second", || Box::pin(idle_sigterm_exits_within_a_second())),
+        ("idle_sigterm_waits_for_the_receive_or_abandons_it", || {
+            Box::pin(idle_sigterm_waits_for_the_receive_or_abandons_it())
+        }),
         ("memory_queue_runs_without_aws", || Box::pin(memory_queue_runs_without_aws())),
         ("a_bad_variable_stops_start_up", || Box::pin(a_bad_variable_stops_start_up())),
         ("a_main_returning_the_error_prints_one_clear_line", || {

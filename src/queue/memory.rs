@@ -363,6 +363,24 @@ impl MemoryQueue {
         (out, next_visible)
     }
 
+    /// Waits until a message can be taken or `deadline` passes; what it takes is received.
+    async fn long_poll(&self, request: &ReceiveRequest, deadline: Instant) -> Vec<Message> {
+        loop {
+            // Register interest before looking, so a send between the look and the wait
+            // is not missed.
+            let arrived = self.inner.arrived.notified();
+            let (messages, next_visible) = self.take(request);
+            if !messages.is_empty() || Instant::now() >= deadline {
+                return messages;
+            }
+            let wake = next_visible.map_or(deadline, |n| n.min(deadline));
+            tokio::select! {
+                _ = arrived => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
     fn push_dead(&self, mut message: Stored) {
         let mut state = self.state();
         state.next_seq += 1;
@@ -411,20 +429,21 @@ fn invalid_receipt(id: &str) -> BatchFailure {
 impl QueueBackend for MemoryQueue {
     async fn receive(&self, request: &ReceiveRequest) -> Result<Vec<Message>, QueueError> {
         let deadline = Instant::now() + request.wait_time;
-        loop {
-            // Register interest before looking, so a send between the look and the wait
-            // is not missed.
-            let arrived = self.inner.arrived.notified();
-            let (messages, next_visible) = self.take(request);
-            if !messages.is_empty() || Instant::now() >= deadline {
-                return Ok(messages);
-            }
-            let wake = next_visible.map_or(deadline, |n| n.min(deadline));
-            tokio::select! {
-                _ = arrived => {}
-                _ = tokio::time::sleep_until(wake) => {}
-            }
+        // Fast path: messages visible now, or no wait asked for.
+        let (messages, _) = self.take(request);
+        if !messages.is_empty() || request.wait_time.is_zero() {
+            return Ok(messages);
         }
+        // The wait runs on the "server", apart from the caller, as an SQS long poll does: a
+        // caller that goes away (drops this future) does not end it, and the messages it
+        // takes meanwhile stay in flight, received by nobody, until their visibility timeout.
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let queue = self.clone();
+        let request = request.clone();
+        tokio::spawn(async move {
+            let _ = answer.send(queue.long_poll(&request, deadline).await);
+        });
+        answered.await.map_err(|_| QueueError::transient("the embedded queue's long poll was stopped"))
     }
 
     async fn delete_batch(&self, entries: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
@@ -545,6 +564,67 @@ mod tests {
         let start = Instant::now();
         assert!(q.receive(&request(10, 20)).await.unwrap().is_empty());
         assert_eq!(start.elapsed(), Duration::from_secs(20));
+    }
+
+    /// A long poll whose caller went away, as SQS serves it: the server still waits out the
+    /// wait time and takes what arrives meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_long_poll_still_takes_a_message_that_arrives_in_its_wait() {
+        let q = MemoryQueue::new("orphan");
+        let abandoned = tokio::time::timeout(Duration::from_secs(1), q.receive(&request(10, 20))).await;
+        assert!(abandoned.is_err(), "the caller gave up after 1 s");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        q.send(&OutgoingMessage::new("sent after the caller left")).await.unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!((q.visible_len(), q.in_flight_len()), (0, 1), "taken by the orphaned poll");
+        assert!(q.receive(&request(10, 0)).await.unwrap().is_empty());
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let back = q.receive(&request(10, 0)).await.unwrap();
+        assert_eq!(back.len(), 1, "back after the visibility timeout");
+        assert_eq!(back[0].receive_count(), 2, "the orphaned delivery counted as a receive");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_long_poll_ends_with_its_wait_time() {
+        let q = MemoryQueue::new("orphan-ends");
+        let _ = tokio::time::timeout(Duration::from_secs(1), q.receive(&request(10, 5))).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        q.send(&OutgoingMessage::new("after the wait time")).await.unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!((q.visible_len(), q.in_flight_len()), (1, 0), "nobody is polling any more");
+        // A receive that finds a message at once needs no wait at all.
+        let start = Instant::now();
+        assert_eq!(q.receive(&request(10, 20)).await.unwrap().len(), 1);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn orphaned_receives_count_toward_the_redrive() {
+        let dlq = MemoryQueue::new("orphan-dlq");
+        let q = MemoryQueue::builder("orphan-main").redrive(&dlq, 2).build();
+        let mut short = request(10, 20);
+        short.visibility_timeout = Duration::from_secs(1);
+        // Three idle consumers stop with their polls in flight; a message is sent just after.
+        for _ in 0..3 {
+            let _ = tokio::time::timeout(Duration::from_millis(100), q.receive(&short)).await;
+        }
+        q.send(&OutgoingMessage::new("never handled")).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(q.is_empty());
+        assert_eq!(dlq.bodies(), ["never handled"], "dead-lettered without any caller seeing it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_orphaned_fifo_delivery_holds_its_group() {
+        let q = MemoryQueue::builder("orphan.fifo").fifo().build();
+        let _ = tokio::time::timeout(Duration::from_millis(100), q.receive(&request(10, 20))).await;
+        q.send(&OutgoingMessage::new("g1").group_id("g")).await.unwrap();
+        q.send(&OutgoingMessage::new("g2").group_id("g")).await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(q.receive(&request(10, 0)).await.unwrap().is_empty(), "the group is held by nobody");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let back = q.receive(&request(10, 0)).await.unwrap();
+        assert_eq!(back.iter().map(Message::body).collect::<Vec<_>>(), ["g1", "g2"]);
     }
 
     #[tokio::test(start_paused = true)]
