@@ -432,7 +432,11 @@ pub(crate) fn call(registry: &Registry, base: &str, action: &str, input: &Input<
                 None => None,
                 Some(n @ 1..=1000) => Some(usize::try_from(n).expect("in range")),
                 Some(n) => {
-                    return Err(ApiError::invalid("MaxResults", n, "MaxResults must be an integer between 1 and 1000."));
+                    return Err(ApiError::invalid(
+                        "MaxResults",
+                        n,
+                        "MaxResults must be an integer between 1 and 1000.",
+                    ));
                 }
             };
             let names = registry.names(prefix);
