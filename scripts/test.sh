@@ -20,3 +20,14 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
 echo "== cargo test (SQS server at $HOLDFAST_TEST_SQS_ENDPOINT)"
 cargo test --all-targets --locked -- --test-threads 8
 cargo test --doc --locked
+
+# The same behaviour tests against holdfast-sqs-server, the workspace's own local SQS server
+# (HOLDFAST_TEST_SQS_ENDPOINT is the one switch), then two clients that are not Rust.
+# shellcheck source=scripts/sqs-server.sh
+source scripts/sqs-server.sh
+sqs_server_start --as-test-server
+trap 'sqs_server_stop; moto_stop' EXIT
+echo "== cargo test behaviour + delivery (SQS server: holdfast-sqs-server at $HOLDFAST_TEST_SQS_ENDPOINT)"
+cargo test --locked --test behaviour --test delivery -- --test-threads 8 sqs::
+sqs_server_stop
+scripts/check-sqs-clients.sh

@@ -58,8 +58,8 @@ mod tests {
 
     #[test]
     fn attribute_digest_matches_the_sdks_algorithm() {
-        // The layout spelled out byte by byte; boto3 and the JavaScript SDK check the digest
-        // end to end (scripts/clients).
+        // The layout spelled out byte by byte; scripts/clients/boto3_check.py recomputes the
+        // digest independently with Python's hashlib.
         let a = MessageAttribute::string("v");
         let expected = {
             let mut bytes = Vec::new();
