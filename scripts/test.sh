@@ -14,12 +14,12 @@ scripts/validate-deploy.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --all-targets --all-features --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 echo "== cargo doc"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 echo "== cargo test (SQS server at $HOLDFAST_TEST_SQS_ENDPOINT)"
-cargo test --all-targets --locked -- --test-threads 8
-cargo test --doc --locked
+cargo test --workspace --all-targets --locked -- --test-threads 8
+cargo test --workspace --doc --locked
 
 # The same behaviour tests against holdfast-sqs-server, the workspace's own local SQS server
 # (HOLDFAST_TEST_SQS_ENDPOINT is the one switch), then two clients that are not Rust.
