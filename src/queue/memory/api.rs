@@ -373,3 +373,88 @@ fn invalid_receipt(receipt_handle: &str) -> MemoryQueueError {
         format!("The input receipt handle \"{receipt_handle}\" is not a valid receipt handle."),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codes(answers: &[Result<(), MemoryQueueError>]) -> Vec<&str> {
+        answers.iter().map(|a| a.as_ref().map_or_else(MemoryQueueError::code, |()| "ok")).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn receipts_delete_and_change_visibility_with_sqs_codes() {
+        let q = MemoryQueue::new("api");
+        q.send_message(&OutgoingMessage::new("a")).unwrap();
+        let first = q.receive_messages(&ReceiveOptions::new()).await.unwrap().pop().unwrap();
+        assert_eq!(first.message().receive_count(), 1);
+        q.change_visibility(first.receipt_handle(), Duration::ZERO).unwrap();
+        assert_eq!(
+            q.change_visibility(first.receipt_handle(), Duration::from_secs(5)).unwrap_err().code(),
+            "MessageNotInflight"
+        );
+        let second = q.receive_messages(&ReceiveOptions::new().max_messages(10)).await.unwrap().pop().unwrap();
+        assert_eq!(second.message().receive_count(), 2);
+        let stale = q.change_visibility(first.receipt_handle(), Duration::from_secs(5)).unwrap_err();
+        assert_eq!(stale.code(), "InvalidParameterValue");
+        let long = q.change_visibility(second.receipt_handle(), Duration::from_secs(43_201)).unwrap_err();
+        assert_eq!(long.code(), "InvalidParameterValue");
+        let answers = q.delete_messages(&[second.receipt_handle(), "made-up", first.receipt_handle()]);
+        assert_eq!(codes(&answers), ["ok", "ReceiptHandleIsInvalid", "ok"]);
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_explicit_zero_visibility_leaves_the_message_visible_and_counts_the_receive() {
+        let dlq = MemoryQueue::new("api-dlq");
+        let q = MemoryQueue::new("api-zero");
+        q.set_redrive(Some((&dlq, 2)));
+        q.send_message(&OutgoingMessage::new("a")).unwrap();
+        let peek = ReceiveOptions::new().visibility_timeout(Duration::ZERO);
+        for n in 1..=2 {
+            let got = q.receive_messages(&peek).await.unwrap();
+            assert_eq!(got[0].message().receive_count(), n);
+            assert_eq!(q.counts().visible, 1);
+        }
+        assert!(q.receive_messages(&peek).await.unwrap().is_empty(), "redriven on the third receive");
+        assert_eq!(dlq.len(), 1);
+        assert_eq!(q.redrive().map(|(d, max)| (d.name().to_owned(), max)), Some(("api-dlq".to_owned(), 2)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn counts_settings_retention_and_purge() {
+        let q = MemoryQueue::new("api-counts");
+        q.set_visibility_timeout(Duration::from_secs(2));
+        assert_eq!(q.visibility_timeout(), Duration::from_secs(2));
+        q.send_message(&OutgoingMessage::new("now")).unwrap();
+        q.send_message(&OutgoingMessage::new("later").delay(Duration::from_secs(60))).unwrap();
+        q.send_message(&OutgoingMessage::new("taken")).unwrap();
+        q.receive_messages(&ReceiveOptions::new()).await.unwrap();
+        assert_eq!(q.counts(), MessageCounts { visible: 1, in_flight: 1, delayed: 1 });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(q.counts().visible, 2, "the queue's new 2 s timeout applied");
+        q.set_retention(Some(Duration::from_secs(10)));
+        tokio::time::sleep(Duration::from_secs(70)).await;
+        assert!(q.receive_messages(&ReceiveOptions::new().max_messages(10)).await.unwrap().is_empty(), "all expired");
+        assert!(q.is_empty());
+        q.send_message(&OutgoingMessage::new("x")).unwrap();
+        assert_eq!(q.purge(), 1);
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fifo_sends_carry_sequence_numbers_and_deduplicate() {
+        let q = MemoryQueue::builder("api.fifo").fifo().build();
+        let a = q.send_message(&OutgoingMessage::new("a").group_id("g").deduplication_id("1")).unwrap();
+        let again = q.send_message(&OutgoingMessage::new("a").group_id("g").deduplication_id("1")).unwrap();
+        let b = q.send_message(&OutgoingMessage::new("b").group_id("g")).unwrap();
+        assert_eq!(a, again);
+        assert!(b.sequence_number().unwrap() > a.sequence_number().unwrap());
+        assert_eq!(a.sequence_number().unwrap().len(), 20);
+        let got = q.receive_messages(&ReceiveOptions::new()).await.unwrap();
+        let attributes = got[0].message().attributes();
+        assert_eq!(attributes["SequenceNumber"], a.sequence_number().unwrap());
+        assert_eq!(attributes["MessageDeduplicationId"], "1");
+        assert_eq!(q.send_message(&OutgoingMessage::new("no group")).unwrap_err().code(), "MissingParameter");
+    }
+}
