@@ -68,9 +68,11 @@ async fn main() -> std::process::ExitCode {
     println!("  export AWS_ENDPOINT_URL_SQS={endpoint}");
     println!("  export AWS_REGION={region} AWS_DEFAULT_REGION={region}");
     println!("  export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test");
-    println!("Create a queue and send to it:");
-    println!("  aws sqs create-queue --queue-name jobs");
-    println!("  aws sqs send-message --queue-url {endpoint}/000000000000/jobs --message-body '{{\"id\":1}}'");
+    println!("Create a queue and send to it (AWS CLI v1 ignores AWS_ENDPOINT_URL_SQS: keep --endpoint-url):");
+    println!("  aws sqs create-queue --endpoint-url {endpoint} --queue-name jobs");
+    println!(
+        "  aws sqs send-message --endpoint-url {endpoint} --queue-url {endpoint}/000000000000/jobs --message-body '{{\"id\":\"j1\"}}'"
+    );
     println!("Stop with Ctrl-C.");
     tokio::select! {
         served = server.serve(listener) => match served {
