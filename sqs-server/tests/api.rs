@@ -555,7 +555,7 @@ async fn redrive_moves_a_message_to_the_dead_letter_queue_after_max_receives() {
     assert!(r.receive(&url, 1).await.is_empty(), "the third receive moves it");
     let moved = r.receive(&dlq, 1).await;
     assert_eq!(moved[0].body.as_deref(), Some("poison"));
-    let missing = format!(r#"{{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:000000000000:nope","maxReceiveCount":3}}"#);
+    let missing = r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:000000000000:nope","maxReceiveCount":3}"#;
     let bad = r
         .client
         .set_queue_attributes()

@@ -181,10 +181,8 @@ impl MemoryQueue {
             let mut state = self.state();
             let State { messages: stored, receipts, .. } = &mut *state;
             for m in &messages {
-                if let Some(seq) = receipts.get(&m.receipt_handle) {
-                    if let Some(s) = stored.get_mut(seq) {
-                        s.visible_at = now;
-                    }
+                if let Some(s) = receipts.get(&m.receipt_handle).and_then(|seq| stored.get_mut(seq)) {
+                    s.visible_at = now;
                 }
             }
             drop(state);
