@@ -3,7 +3,11 @@
 //! that long. A body that is not JSON is handled as a job with no work.
 //!
 //! ```text
-//! HOLDFAST_QUEUE_URL=memory://demo cargo run --example worker     # embedded queue, no AWS
+//! # against the local SQS server (`cargo run -p holdfast-sqs-server -- --queue jobs`, then its
+//! # printed exports); send jobs with `aws sqs send-message`:
+//! HOLDFAST_QUEUE_URL=http://127.0.0.1:9324/000000000000/jobs cargo run --example worker
+//! # an embedded queue inside this process: nothing outside it can send, so it stays idle
+//! HOLDFAST_QUEUE_URL=memory://demo cargo run --example worker
 //! HOLDFAST_QUEUE_URL=https://sqs.eu-west-1.amazonaws.com/123456789012/jobs cargo run --example worker
 //! ```
 //!

@@ -14,26 +14,37 @@ set -eu
 
 out=${1:?usage: docker-skeleton.sh OUT_DIR}
 mkdir -p "$out"
-cp Cargo.toml Cargo.lock "$out/"
+cp Cargo.lock "$out/"
 # A build script runs for real: what it generates can matter to the dependency build.
 if [ -f build.rs ]; then cp build.rs "$out/"; fi
 
 stub() {
     mkdir -p "$out/$(dirname "$1")"
-    if [ "$1" = src/lib.rs ]; then : >"$out/$1"; else echo 'fn main() {}' >"$out/$1"; fi
+    case "$1" in
+        src/lib.rs | */src/lib.rs) : >"$out/$1" ;;
+        *) echo 'fn main() {}' >"$out/$1" ;;
+    esac
 }
 
-# Target roots under src/ (modules are not needed: the stub library declares none), every
-# file under examples/, benches/ and tests/ (auto-discovered targets), and any .rs file
-# Cargo.toml names with `path = "..."`.
-{
-    for file in src/lib.rs src/main.rs; do
-        if [ -f "$file" ]; then echo "$file"; fi
+# The root package and every workspace member (a directory with its own Cargo.toml that the
+# root manifest lists in `members`).
+members=$(sed -n '/^\[workspace\]/,/^\[/s/^members[[:space:]]*=[[:space:]]*\[\(.*\)\].*/\1/p' Cargo.toml \
+    | tr ',' '\n' | sed 's/[[:space:]"]//g' | grep -v '^\.\?$' || true)
+for pkg in . $members; do
+    mkdir -p "$out/$pkg"
+    cp "$pkg/Cargo.toml" "$out/$pkg/Cargo.toml"
+    # Target roots under src/ (modules are not needed: the stub library declares none),
+    # every file under examples/, benches/ and tests/ (auto-discovered targets), and any .rs
+    # file Cargo.toml names with `path = "..."`.
+    {
+        for file in src/lib.rs src/main.rs; do
+            if [ -f "$pkg/$file" ]; then echo "$file"; fi
+        done
+        for dir in src/bin examples benches tests; do
+            if [ -d "$pkg/$dir" ]; then (cd "$pkg" && find "$dir" -type f -name '*.rs'); fi
+        done
+        sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*"\([^"]*\.rs\)".*/\1/p' "$pkg/Cargo.toml"
+    } | sed 's|^\./||' | LC_ALL=C sort -u | while IFS= read -r file; do
+        if [ -f "$pkg/$file" ]; then stub "$(echo "$pkg/$file" | sed 's|^\./||')"; fi
     done
-    for dir in src/bin examples benches tests; do
-        if [ -d "$dir" ]; then find "$dir" -type f -name '*.rs'; fi
-    done
-    sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*"\([^"]*\.rs\)".*/\1/p' Cargo.toml
-} | sed 's|^\./||' | LC_ALL=C sort -u | while IFS= read -r file; do
-    if [ -f "$file" ]; then stub "$file"; fi
 done

@@ -14,14 +14,25 @@ scripts/validate-deploy.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --all-targets --all-features --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 echo "== cargo doc"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 echo "== README.md's Rust blocks, each pasted into a new crate"
 python3 scripts/readme-blocks.py
 python3 scripts/readme-blocks.py --self-test
 # Includes the reliability suite (tests/reliability.rs, tests/shutdown.rs, tests/hostile.rs,
 # tests/variables.rs; about 2.5 minutes); scripts/soak.sh runs its longer variants.
 echo "== cargo test (SQS server at $HOLDFAST_TEST_SQS_ENDPOINT)"
-cargo test --all-targets --locked -- --test-threads 8
-cargo test --doc --locked
+cargo test --workspace --all-targets --locked -- --test-threads 8
+cargo test --workspace --doc --locked
+
+# The same behaviour tests against holdfast-sqs-server, the workspace's own local SQS server
+# (HOLDFAST_TEST_SQS_ENDPOINT is the one switch), then two clients that are not Rust.
+# shellcheck source=scripts/sqs-server.sh
+source scripts/sqs-server.sh
+sqs_server_start --as-test-server
+trap 'sqs_server_stop; moto_stop' EXIT
+echo "== cargo test behaviour + delivery (SQS server: holdfast-sqs-server at $HOLDFAST_TEST_SQS_ENDPOINT)"
+cargo test --locked --test behaviour --test delivery -- --test-threads 8 sqs::
+sqs_server_stop
+scripts/check-sqs-clients.sh

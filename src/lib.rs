@@ -34,6 +34,9 @@ pub use protection::{
     Protection, ProtectionBackend, ProtectionConfig, ProtectionError, ProtectionGuard, ProtectionMode, ProtectionState,
     RemoteProtection,
 };
-pub use queue::{MemoryQueue, MemoryQueueBuilder, OutgoingMessage, Queue, RequestCounts};
+pub use queue::{
+    Delivery, MemoryQueue, MemoryQueueBuilder, MemoryQueueError, MessageCounts, OutgoingMessage, Queue, ReceiveOptions,
+    RequestCounts, SentMessage,
+};
 pub use runtime::{Route, Summary, Worker, init_logging};
 pub use telemetry::names as metric_names;

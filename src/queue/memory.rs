@@ -13,6 +13,9 @@ use super::{BATCH_MAX, BatchEntry, BatchFailure, OutgoingMessage, QueueBackend, 
 use crate::Message;
 use crate::config::MAX_VISIBILITY;
 
+mod api;
+pub use api::{Delivery, MemoryQueueError, MessageCounts, ReceiveOptions, SentMessage};
+
 /// SQS's largest message: 1 MiB of body and attributes.
 const MAX_MESSAGE_BYTES: usize = 1_048_576;
 /// SQS's longest delivery delay.
@@ -30,6 +33,10 @@ struct Stored {
     attributes: HashMap<String, crate::MessageAttribute>,
     sent_at: SystemTime,
     group_id: Option<String>,
+    /// FIFO: the deduplication id the sender gave.
+    dedup_id: Option<String>,
+    /// When it was sent, on the queue's clock (for the retention period).
+    sent: Instant,
     visible_at: Instant,
     receive_count: u32,
     first_received: Option<SystemTime>,
@@ -45,15 +52,24 @@ struct State {
     receipts: HashMap<String, u64>,
     next_seq: u64,
     next_receipt: u64,
-    dedup: HashMap<String, (Instant, String)>,
+    /// Deduplication key to when it was sent, its message id and sequence number.
+    dedup: HashMap<String, (Instant, String, u64)>,
+    settings: Settings,
+}
+
+/// What can change while the queue is in use (an SQS queue's attributes).
+#[derive(Debug, Clone, Default)]
+struct Settings {
+    default_visibility: Duration,
+    redrive: Option<(MemoryQueue, u32)>,
+    /// Messages older than this are dropped; `None` keeps them.
+    retention: Option<Duration>,
 }
 
 #[derive(Debug)]
 struct Inner {
     name: String,
     fifo: bool,
-    default_visibility: Duration,
-    redrive: Option<(MemoryQueue, u32)>,
     state: Mutex<State>,
     arrived: Notify,
     instance: u64,
@@ -117,9 +133,14 @@ impl MemoryQueueBuilder {
             inner: Arc::new(Inner {
                 name: self.name,
                 fifo: self.fifo,
-                default_visibility: self.default_visibility,
-                redrive: self.redrive,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(State {
+                    settings: Settings {
+                        default_visibility: self.default_visibility,
+                        redrive: self.redrive,
+                        retention: None,
+                    },
+                    ..State::default()
+                }),
                 arrived: Notify::new(),
                 instance: NEXT_QUEUE.fetch_add(1, Ordering::Relaxed),
             }),
@@ -212,7 +233,9 @@ impl MemoryQueue {
         self.inner.state.lock().expect("memory queue poisoned")
     }
 
-    fn send_now(&self, message: &OutgoingMessage) -> Result<String, QueueError> {
+    /// Stores a message; returns its id and sequence number (a deduplicated send returns
+    /// those of the first).
+    fn send_now(&self, message: &OutgoingMessage) -> Result<(String, u64), QueueError> {
         let size = message.body.len()
             + message
                 .attributes
@@ -244,9 +267,9 @@ impl MemoryQueue {
             None
         };
         if let Some(key) = &dedup_key {
-            state.dedup.retain(|_, (at, _)| now.duration_since(*at) < DEDUP_WINDOW);
-            if let Some((_, id)) = state.dedup.get(key) {
-                return Ok(id.clone());
+            state.dedup.retain(|_, (at, _, _)| now.duration_since(*at) < DEDUP_WINDOW);
+            if let Some((_, id, seq)) = state.dedup.get(key) {
+                return Ok((id.clone(), *seq));
             }
         }
         state.next_seq += 1;
@@ -260,7 +283,7 @@ impl MemoryQueue {
             0x8000 | fastrand::u16(..0x4000)
         );
         if let Some(key) = dedup_key {
-            state.dedup.insert(key, (now, id.clone()));
+            state.dedup.insert(key, (now, id.clone(), seq));
         }
         state.messages.insert(
             seq,
@@ -271,6 +294,8 @@ impl MemoryQueue {
                 attributes: message.attributes.clone(),
                 sent_at: SystemTime::now(),
                 group_id: message.group_id.clone(),
+                dedup_id: if self.inner.fifo { message.deduplication_id.clone() } else { None },
+                sent: now,
                 visible_at: now + message.delay,
                 receive_count: 0,
                 first_received: None,
@@ -279,21 +304,20 @@ impl MemoryQueue {
         );
         drop(state);
         self.inner.arrived.notify_waiters();
-        Ok(id)
+        Ok((id, seq))
     }
 
     /// Takes up to `max` visible messages now; returns the messages and, when none were
     /// visible, when the next one becomes visible.
     fn take(&self, request: &ReceiveRequest) -> (Vec<Message>, Option<Instant>) {
         let now = Instant::now();
-        let visibility = if request.visibility_timeout.is_zero() {
-            self.inner.default_visibility
-        } else {
-            request.visibility_timeout
-        };
-        let max_receives = self.inner.redrive.as_ref().map(|(_, max)| *max);
         let mut state = self.state();
-        let State { messages, receipts, next_receipt, .. } = &mut *state;
+        let State { messages, receipts, next_receipt, settings, .. } = &mut *state;
+        let visibility =
+            if request.visibility_timeout.is_zero() { settings.default_visibility } else { request.visibility_timeout };
+        let max_receives = settings.redrive.as_ref().map(|(_, max)| *max);
+        let expired_before = settings.retention.and_then(|r| now.checked_sub(r));
+        let mut expired = Vec::new();
         let mut out = Vec::new();
         let mut next_visible: Option<Instant> = None;
         let mut dead = Vec::new();
@@ -303,6 +327,10 @@ impl MemoryQueue {
         for (seq, m) in messages.iter_mut() {
             if out.len() >= request.max_messages {
                 break;
+            }
+            if expired_before.is_some_and(|t| m.sent <= t) {
+                expired.push(*seq);
+                continue;
             }
             let group = m.group_id.as_deref();
             if m.visible_at > now {
@@ -336,6 +364,12 @@ impl MemoryQueue {
             if let Some(g) = &m.group_id {
                 attributes.insert("MessageGroupId".into(), g.clone());
             }
+            if self.inner.fifo {
+                attributes.insert("SequenceNumber".into(), sequence_number(m.seq));
+                if let Some(d) = &m.dedup_id {
+                    attributes.insert("MessageDeduplicationId".into(), d.clone());
+                }
+            }
             let mut message = Message::new(m.id.clone(), m.body.clone());
             message.attributes = attributes;
             message.message_attributes = m.attributes.clone();
@@ -353,8 +387,14 @@ impl MemoryQueue {
                 }
             })
             .collect();
+        for seq in expired {
+            if let Some((r, _)) = messages.remove(&seq).and_then(|m| m.receipt) {
+                receipts.remove(&r);
+            }
+        }
+        let dlq = if dead.is_empty() { None } else { settings.redrive.as_ref().map(|(q, _)| q.clone()) };
         drop(state);
-        if let Some((dlq, _)) = &self.inner.redrive {
+        if let Some(dlq) = dlq {
             for m in dead {
                 tracing::debug!(queue = %self.inner.name, message_id = %m.id, "moved to the dead-letter queue");
                 dlq.push_dead(m);
@@ -410,6 +450,11 @@ impl MemoryQueue {
         }
         Ok(())
     }
+}
+
+/// A FIFO message's `SequenceNumber`: SQS's are 20-digit decimal strings.
+fn sequence_number(seq: u64) -> String {
+    format!("{seq:020}")
 }
 
 fn millis(t: SystemTime) -> String {
@@ -509,7 +554,7 @@ impl QueueBackend for MemoryQueue {
     }
 
     async fn send(&self, message: &OutgoingMessage) -> Result<String, QueueError> {
-        self.send_now(message)
+        self.send_now(message).map(|(id, _)| id)
     }
 }
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{Message, MessageAttribute};
-pub use memory::{MemoryQueue, MemoryQueueBuilder};
+pub use memory::{
+    Delivery, MemoryQueue, MemoryQueueBuilder, MemoryQueueError, MessageCounts, ReceiveOptions, SentMessage,
+};
 
 /// At most this many messages per receive and entries per batch call (an SQS limit).
 pub(crate) const BATCH_MAX: usize = 10;

@@ -1,5 +1,7 @@
 //! Shared test set-up: the same behaviour tests run against the embedded queue and against a
-//! real SQS-compatible server (moto, started by `scripts/test.sh`).
+//! real SQS-compatible server. `HOLDFAST_TEST_SQS_ENDPOINT` is the one switch that picks the
+//! server: `scripts/test.sh` runs the tests against moto, then again against
+//! holdfast-sqs-server (`source scripts/sqs-server.sh; sqs_server_start --as-test-server`).
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
