@@ -40,6 +40,9 @@ pub struct Summary {
     pub deleted: u64,
     /// Deletes that failed for good (the message will be delivered again).
     pub delete_failed: u64,
+    /// The worker stepped aside because a deployment replaced its task's revision
+    /// (`HOLDFAST_DEPLOYMENT_CHECK`), then waited idle for the shutdown.
+    pub stepped_aside: bool,
 }
 
 /// Which queue a route reads.
@@ -126,6 +129,7 @@ pub struct Worker {
     main: Option<Work>,
     routes: Vec<Route>,
     protection: Option<Protection>,
+    deployment_client: Option<aws_sdk_ecs::Client>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -150,7 +154,15 @@ struct Lane {
 impl Worker {
     /// A worker with this configuration.
     pub fn new(config: Config) -> Self {
-        Self { config, queue: None, dead_letter: None, main: None, routes: Vec::new(), protection: None }
+        Self {
+            config,
+            queue: None,
+            dead_letter: None,
+            main: None,
+            routes: Vec::new(),
+            protection: None,
+            deployment_client: None,
+        }
     }
 
     /// A worker configured from the environment (see the README's table), with logging set
@@ -209,6 +221,15 @@ impl Worker {
     #[must_use]
     pub fn protection(mut self, protection: Protection) -> Self {
         self.protection = Some(protection);
+        self
+    }
+
+    /// The ECS client the deployment check (`HOLDFAST_DEPLOYMENT_CHECK`) calls
+    /// `DescribeServices` with; without it, one is built from the default AWS configuration
+    /// (the task role) in the task's region.
+    #[must_use]
+    pub fn deployment_client(mut self, client: aws_sdk_ecs::Client) -> Self {
+        self.deployment_client = Some(client);
         self
     }
 
@@ -371,14 +392,21 @@ impl Worker {
                 }
             }
         };
+        let replaced = crate::deployment::watch_if_on(&config, self.deployment_client);
+        let mut stepped_aside = None;
         let mut fatal = None;
         tokio::pin!(shutdown);
         tokio::pin!(idle);
+        tokio::pin!(replaced);
         loop {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
                 _ = &mut idle => break,
+                seen = &mut replaced => {
+                    stepped_aside = Some(seen);
+                    break;
+                }
                 done = pollers.join_next() => match done {
                     Some(Ok(Err(error))) => {
                         fatal = Some(error);
@@ -424,6 +452,12 @@ impl Worker {
         }
         // Deletes are flushed: the task may be taken now.
         protection.shutdown().await;
+        if let Some(seen) = &stepped_aside
+            && fatal.is_none()
+        {
+            summary.stepped_aside = true;
+            crate::deployment::idle_until(seen, &mut shutdown).await;
+        }
         summary.received = counters.received.load(Ordering::Relaxed);
         summary.succeeded = counters.succeeded.load(Ordering::Relaxed);
         summary.retried = counters.retried.load(Ordering::Relaxed);
