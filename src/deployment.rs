@@ -6,7 +6,8 @@
 //! `${ECS_CONTAINER_METADATA_URI_V4}/task` (`Cluster`, `TaskARN`, `Family`, `Revision`,
 //! `ServiceName`); then, once per interval, one `DescribeServices` call compares
 //! `Family:Revision` with the task definition of the service's `PRIMARY` deployment. The task
-//! role needs `ecs:DescribeServices`.
+//! role needs `ecs:DescribeServices`. With the check on, a `DEPLOYMENT_BLOCKED` refusal of
+//! protection in strict mode is a reason to step aside as well.
 
 use std::time::Duration;
 
@@ -79,12 +80,53 @@ pub(crate) enum EcsClient {
     Given(aws_sdk_ecs::Client),
 }
 
+/// Why the worker steps aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StepAside {
+    /// A deployment replaced this task's revision.
+    Replaced(Replaced),
+    /// ECS refused protection with `DEPLOYMENT_BLOCKED` (strict mode): a deployment is
+    /// waiting for this task.
+    Blocked,
+}
+
 /// The check `config` asks for, with `client` if given: resolves once the task's revision
-/// has been replaced; never when the check is off.
-pub(crate) async fn watch_if_on(config: &crate::Config, client: Option<aws_sdk_ecs::Client>) -> Replaced {
-    match (config.deployment_check, config.protection.metadata_uri.clone()) {
-        (Some(every), Some(uri)) => watch(uri, every, client.map_or(EcsClient::Default, EcsClient::Given)).await,
-        _ => std::future::pending().await,
+/// has been replaced, or (strict mode) once ECS refuses protection with
+/// `DEPLOYMENT_BLOCKED`; never when the check is off.
+pub(crate) async fn watch_if_on(
+    config: &crate::Config,
+    client: Option<aws_sdk_ecs::Client>,
+    protection: &crate::Protection,
+) -> StepAside {
+    let (Some(every), Some(uri)) = (config.deployment_check, config.protection.metadata_uri.clone()) else {
+        return std::future::pending().await;
+    };
+    let strict = protection.is_strict();
+    let mut states = protection.subscribe();
+    let blocked = async move {
+        if !strict {
+            return std::future::pending().await;
+        }
+        loop {
+            let refused = matches!(
+                &*states.borrow_and_update(),
+                crate::ProtectionState::Rejected { error, .. } if error.is_deployment_blocked()
+            );
+            if refused {
+                tracing::warn!(
+                    "ECS refused protection with DEPLOYMENT_BLOCKED: stepping aside (no new messages, unstarted ones \
+                     released, running ones finish within the drain timeout, then protection is released)"
+                );
+                return;
+            }
+            if states.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    };
+    tokio::select! {
+        replaced = watch(uri, every, client.map_or(EcsClient::Default, EcsClient::Given)) => StepAside::Replaced(replaced),
+        () = blocked => StepAside::Blocked,
     }
 }
 
@@ -94,13 +136,17 @@ const IDLE_REMINDER: Duration = Duration::from_secs(300);
 /// After stepping aside: waits for `shutdown` (ECS's SIGTERM), saying every few minutes that
 /// the worker is idle and why, so the wait is never silent.
 pub(crate) async fn idle_until<F: std::future::Future<Output = ()>>(
-    seen: &Replaced,
+    why: &StepAside,
     shutdown: &mut std::pin::Pin<&mut F>,
 ) {
     let since = tokio::time::Instant::now();
+    let (task_revision, primary_revision) = match why {
+        StepAside::Replaced(seen) => (seen.task_revision.as_str(), seen.primary_revision.as_str()),
+        StepAside::Blocked => ("unknown", "unknown (ECS answered DEPLOYMENT_BLOCKED)"),
+    };
     tracing::warn!(
-        task_revision = %seen.task_revision,
-        primary_revision = %seen.primary_revision,
+        task_revision,
+        primary_revision,
         "stepped aside: protection released, no work taken; idle until ECS stops this task"
     );
     loop {
@@ -108,8 +154,8 @@ pub(crate) async fn idle_until<F: std::future::Future<Output = ()>>(
             biased;
             _ = shutdown.as_mut() => return,
             _ = tokio::time::sleep(IDLE_REMINDER) => tracing::warn!(
-                task_revision = %seen.task_revision,
-                primary_revision = %seen.primary_revision,
+                task_revision,
+                primary_revision,
                 idle_s = since.elapsed().as_secs(),
                 "stepped aside and still running: waiting for ECS to stop this task (a stop signal ends the wait)"
             ),

@@ -392,7 +392,7 @@ impl Worker {
                 }
             }
         };
-        let replaced = crate::deployment::watch_if_on(&config, self.deployment_client);
+        let replaced = crate::deployment::watch_if_on(&config, self.deployment_client, &protection);
         let mut stepped_aside = None;
         let mut fatal = None;
         tokio::pin!(shutdown);

@@ -225,3 +225,46 @@ async fn without_a_service_name_the_check_is_off() {
     assert!(!summary.stepped_aside);
     assert_eq!(summary.deleted, 5);
 }
+
+/// With the check on, a refresh that ECS refuses with `DEPLOYMENT_BLOCKED` (strict mode) is
+/// a reason to step aside too: the running jobs, far longer than the drain timeout, are
+/// stopped at it and their messages released, protection is released, and the worker stays
+/// up idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_blocked_refresh_steps_aside_and_bounds_running_work() {
+    let fake = FakeEcs::start().await;
+    // The first protection succeeds; its refresh, one second later, is refused.
+    fake.push(fake_ecs::Reply::Success);
+    fake.push(fake_ecs::Reply::failure("DEPLOYMENT_BLOCKED"));
+    let memory = MemoryQueue::new("blocked");
+    let queue = Queue::memory(&memory);
+    for i in 0..2 {
+        queue.send(OutgoingMessage::new(format!("b{i}"))).await.unwrap();
+    }
+    let (mut worker, handled) = worker(&fake, &queue, Duration::from_secs(1), Duration::from_secs(600));
+    worker.config_mut().protection.expires_in_minutes = 1;
+    worker.config_mut().protection.refresh_before = Duration::from_secs(59);
+    let (run, stop) = start(worker);
+    assert!(wait_until(Duration::from_secs(10), || memory.in_flight_len() == 2 && fake.is_protected()).await);
+    assert!(
+        wait_until(Duration::from_secs(15), || fake
+            .updates()
+            .iter()
+            .any(|c| c.outcome.as_deref() == Some("DEPLOYMENT_BLOCKED")))
+        .await,
+        "{:?}",
+        fake.updates()
+    );
+    assert!(wait_until(Duration::from_secs(15), || released(&fake)).await, "{:?}", fake.updates());
+    assert_eq!(total(&handled), 0);
+    assert_eq!(memory.in_flight_len(), 0);
+    assert_eq!(memory.visible_len(), 2, "stopped at the drain deadline and released");
+    assert!(fake.describe_calls().len() >= 2, "the revision stayed primary all along");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!run.is_finished(), "the worker must stay up until ECS stops it");
+    assert_eq!(memory.visible_len(), 2, "nothing taken after stepping aside");
+    stop.notify_one();
+    let summary = run.await.unwrap().unwrap();
+    assert!(summary.stepped_aside);
+    assert_eq!(summary.released, 2);
+}
