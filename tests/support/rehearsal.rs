@@ -1017,83 +1017,83 @@ impl<'a> Rehearsal<'a> {
             ],
         );
         let queues = self.create_queues("busy-deploy", VISIBILITY_S).await?;
-        // Three jobs fill t4's three slots; six more wait behind them: the old task would
+        // Three jobs fill t8's three slots; six more wait behind them: the old task would
         // carry on with them as soon as a slot frees.
         let running = [("j1", 3000), ("j2", 3000), ("j3", 3000)];
         self.send_jobs(&queues, &running).await?;
         let check = format!("{}ms", DEPLOYMENT_CHECK.as_millis());
-        let t4 = self
+        let t8 = self
             .start_task(
-                "t4",
+                "t8",
                 &queues,
                 "revision 1, checks its revision every 500 ms",
                 &[("HOLDFAST_DEPLOYMENT_CHECK", &check), ("HOLDFAST_PROTECTION_MAINTAIN", "60s")],
             )
             .await?;
-        t4.wait_jobs_started(running.len()).await?;
+        t8.wait_jobs_started(running.len()).await?;
         let backlog = [("j4", 3000), ("j5", 3000), ("j6", 3000), ("j7", 3000), ("j8", 3000), ("j9", 3000)];
         self.send_jobs(&queues, &backlog).await?;
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let protected = self.protection(&t4).await?;
-        let describes_before = t4.agent.describe_calls().len();
-        t4.agent.deploy(2);
+        let protected = self.protection(&t8).await?;
+        let describes_before = t8.agent.describe_calls().len();
+        t8.agent.deploy(2);
         let primary_at = Instant::now();
-        let in_flight = t4.running_at(primary_at);
+        let in_flight = t8.running_at(primary_at);
         self.say("deployment", "copilot svc deploy: revision 2 is the PRIMARY deployment; its task starts");
-        let t5 = self.start_task("t5", &queues, "revision 2", &[]).await?;
+        let t9 = self.start_task("t9", &queues, "revision 2", &[]).await?;
         // The deployment stops the old task as soon as it is no longer protected.
         let mut waited = false;
-        while let Some(expires) = self.protection(&t4).await? {
+        while let Some(expires) = self.protection(&t8).await? {
             if !waited {
-                self.say("deployment", format!("old task t4 is protected (expires {expires}) — waiting"));
+                self.say("deployment", format!("old task t8 is protected (expires {expires}) — waiting"));
                 waited = true;
             }
             if primary_at.elapsed() > LIMIT {
-                return Err(format!("t4 still protected {LIMIT:?} after revision 2 became primary:\n{}", t4.tail(60)));
+                return Err(format!("t8 still protected {LIMIT:?} after revision 2 became primary:\n{}", t8.tail(60)));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let unprotected_at = Instant::now();
-        self.say("deployment", "t4 no longer protected: stopping it");
-        let stop = self.stop(&t4, STOP_TIMEOUT, "deployment").await?;
+        self.say("deployment", "t8 no longer protected: stopping it");
+        let stop = self.stop(&t8, STOP_TIMEOUT, "deployment").await?;
         let to_stopped = stop.exit.at.saturating_duration_since(primary_at);
-        let released_at = t4
+        let released_at = t8
             .protection_updates()
             .iter()
             .rev()
             .find(|(_, enabled)| !enabled)
-            .map(|(at, _)| t4.agent_zero + Duration::from_secs_f64(*at));
+            .map(|(at, _)| t8.agent_zero + Duration::from_secs_f64(*at));
         let to_released = released_at.unwrap_or(unprotected_at).saturating_duration_since(primary_at);
         self.say("deployment", "old task stopped: revision 2 is the service now");
         let all: Vec<&str> = running.iter().chain(&backlog).map(|(id, _)| *id).collect();
-        wait_all_done(&[&t4, &t5], &all, LIMIT).await?;
-        let (_, stop_t5) = self.scale_in(&t5).await?;
+        wait_all_done(&[&t8, &t9], &all, LIMIT).await?;
+        let (_, stop_t5) = self.scale_in(&t9).await?;
 
         let mut verdict = Verdict::default();
         verdict.check(
             protected.is_some() && describes_before > 0,
             format!(
-                "t4 busy and protected, checking its revision ({describes_before} DescribeServices call(s) so far)"
+                "t8 busy and protected, checking its revision ({describes_before} DescribeServices call(s) so far)"
             ),
         );
-        let aside = t4.events(STEPPING_ASIDE);
+        let aside = t8.events(STEPPING_ASIDE);
         verdict.check(
             aside.first().is_some_and(|e| {
                 e.fields.get("task_revision").and_then(Value::as_str) == Some("holdfast-worker:1")
                     && e.fields.get("primary_revision").and_then(Value::as_str) == Some("holdfast-worker:2")
             }),
-            "t4 logged at warn that revision 2 replaced its revision 1",
+            "t8 logged at warn that revision 2 replaced its revision 1",
         );
-        let t4_done: Vec<String> = t4.events("job done").into_iter().filter_map(|e| e.job).collect();
+        let t4_done: Vec<String> = t8.events("job done").into_iter().filter_map(|e| e.job).collect();
         verdict.check(
             !in_flight.is_empty() && in_flight.iter().all(|j| t4_done.contains(j)) && t4_done.len() == in_flight.len(),
-            format!("t4 finished the jobs it was running ({in_flight:?}) and took no other: it did {t4_done:?}"),
+            format!("t8 finished the jobs it was running ({in_flight:?}) and took no other: it did {t4_done:?}"),
         );
         let goal = Duration::from_millis(3000) + DEPLOYMENT_CHECK + Duration::from_secs(1);
         verdict.check(
             released_at.is_some_and(|at| at < stop.sigterm_at),
             format!(
-                "t4 released its protection {} after revision 2 became primary (goal: at most the longest job \
+                "t8 released its protection {} after revision 2 became primary (goal: at most the longest job \
                  3 s + one check 0.5 s + 1 s = {}; without the check it would keep it while the backlog lasts, up \
                  to the 60 min expiry), before SIGTERM",
                 human(to_released),
@@ -1101,28 +1101,28 @@ impl<'a> Rehearsal<'a> {
             ),
         );
         verdict.check(
-            stop.exit.code == Some(0) && t4.events("job interrupted").is_empty(),
+            stop.exit.code == Some(0) && t8.events("job interrupted").is_empty(),
             format!(
                 "revision 2 primary → old task stopped: {} (idle at SIGTERM: exit 0, {} after it)",
                 human(to_stopped),
                 human(stop.took())
             ),
         );
-        self.check_done_once(&mut verdict, &[&t4, &t5], &all);
-        let started = tally(&[&t4, &t5], "job started");
+        self.check_done_once(&mut verdict, &[&t8, &t9], &all);
+        let started = tally(&[&t8, &t9], "job started");
         let twice: Vec<&String> = started.iter().filter(|(_, by)| by.len() > 1).map(|(job, _)| job).collect();
         verdict.check(twice.is_empty(), format!("no job lost or started twice (started twice: {twice:?})"));
-        let describes = t4.agent.describe_calls().len();
+        let describes = t8.agent.describe_calls().len();
         verdict.check(
             describes >= 1,
             format!(
-                "t4 made {describes} DescribeServices call(s), one per 500 ms: {} an hour at this interval, 60 at 60s",
+                "t8 made {describes} DescribeServices call(s), one per 500 ms: {} an hour at this interval, 60 at 60s",
                 3600_000 / DEPLOYMENT_CHECK.as_millis()
             ),
         );
-        self.check_clean_exit(&mut verdict, &t5, &stop_t5);
+        self.check_clean_exit(&mut verdict, &t9, &stop_t5);
         self.check_queues_empty(&mut verdict, &queues).await?;
-        verdict.finish(&[&t4, &t5])
+        verdict.finish(&[&t8, &t9])
     }
 }
 
