@@ -1117,7 +1117,7 @@ impl<'a> Rehearsal<'a> {
             describes >= 1,
             format!(
                 "t8 made {describes} DescribeServices call(s), one per 500 ms: {} an hour at this interval, 60 at 60s",
-                3600_000 / DEPLOYMENT_CHECK.as_millis()
+                3_600_000 / DEPLOYMENT_CHECK.as_millis()
             ),
         );
         self.check_clean_exit(&mut verdict, &t9, &stop_t5);
