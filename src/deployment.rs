@@ -24,8 +24,6 @@ pub(crate) struct Replaced {
     pub(crate) task_revision: String,
     /// The `Family:Revision` of the service's `PRIMARY` deployment.
     pub(crate) primary_revision: String,
-    /// How many `DescribeServices` calls the check made.
-    pub(crate) calls: u64,
 }
 
 /// The task's identity, as the metadata endpoint v4 gives it.
@@ -219,10 +217,11 @@ pub(crate) async fn watch(metadata_uri: String, interval: Duration, client: EcsC
                     task_revision = %task_revision,
                     primary_revision = %primary,
                     service = %service,
+                    describe_services_calls = calls,
                     "a deployment replaced this task's revision: stepping aside (no new messages, unstarted ones \
                      released, running ones finish within the drain timeout, then protection is released)"
                 );
-                return Replaced { task_revision, primary_revision: primary, calls };
+                return Replaced { task_revision, primary_revision: primary };
             }
             Err(problem) => {
                 if last_problem.as_deref() != Some(problem.as_str()) {
