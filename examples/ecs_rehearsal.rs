@@ -1,8 +1,9 @@
 //! The local ECS rehearsal: plays ECS against the real worker binary, a local SQS server
 //! and one fake ECS agent per task, and prints a timeline like ECS's service events.
-//! Four scenarios: scale-in while busy, a rolling deployment with the old task stopped
-//! mid-job, a job longer than the stop timeout (SIGKILL, redelivery), and the same job
-//! with the worker told the stop timeout (released at its drain deadline). See
+//! Five scenarios: scale-in while busy, a rolling deployment with the old task stopped
+//! mid-job, a job longer than the stop timeout (SIGKILL, redelivery), the same job with the
+//! worker told the stop timeout (released at its drain deadline), and a rolling deployment
+//! of a busy service whose old task steps aside (HOLDFAST_DEPLOYMENT_CHECK). See
 //! the README ("The local ECS rehearsal"); `scripts/rehearse-ecs.sh` runs it with everything it needs.
 //!
 //! ```text

@@ -211,6 +211,12 @@ pub struct Config {
     /// the heartbeat may lag or strict protection may hold polling back before the worker
     /// is unhealthy (default 2 min).
     pub health_threshold: Duration,
+    /// `HOLDFAST_DEPLOYMENT_CHECK`: how often to compare this task's revision with the
+    /// service's `PRIMARY` deployment (one `DescribeServices` call each time; the task role
+    /// needs `ecs:DescribeServices`). Once a deployment has replaced the revision, the worker
+    /// steps aside: it takes no new messages, finishes what runs within the drain timeout,
+    /// releases protection and waits idle for ECS to stop it. Default: off.
+    pub deployment_check: Option<Duration>,
 }
 
 impl Default for Config {
@@ -244,6 +250,7 @@ impl Default for Config {
             metrics_interval: Duration::from_secs(10),
             health_file: None,
             health_threshold: DEFAULT_HEALTH_THRESHOLD,
+            deployment_check: None,
         }
     }
 }
@@ -315,6 +322,7 @@ pub const VARIABLES: &[&str] = &[
     "HOLDFAST_METRICS_INTERVAL",
     "HOLDFAST_HEALTH_FILE",
     "HOLDFAST_HEALTH_THRESHOLD",
+    "HOLDFAST_DEPLOYMENT_CHECK",
 ];
 
 /// Time kept between the end of the drain and ECS's SIGKILL: flushing acknowledgements and
@@ -547,6 +555,30 @@ impl Config {
             )?;
         }
         (config.health_file, config.health_threshold) = health_settings(get)?;
+        if let Some(v) = get("HOLDFAST_DEPLOYMENT_CHECK") {
+            config.deployment_check = match v.trim() {
+                "off" => None,
+                _ => {
+                    let every = parse_duration(
+                        "HOLDFAST_DEPLOYMENT_CHECK",
+                        &v,
+                        Duration::from_millis(100),
+                        Duration::from_secs(3600),
+                        false,
+                    )
+                    .map_err(|e| ConfigError { expected: format!("off, or {}", e.expected), ..e })?;
+                    if config.protection.metadata_uri.is_none() {
+                        return Err(ConfigError::new(
+                            "HOLDFAST_DEPLOYMENT_CHECK",
+                            Some(&v),
+                            "off outside ECS: the check reads the task metadata endpoint \
+                             (ECS_CONTAINER_METADATA_URI_V4, which ECS sets inside a task)",
+                        ));
+                    }
+                    Some(every)
+                }
+            };
+        }
         Ok(config)
     }
 }
@@ -764,6 +796,9 @@ mod tests {
             ("HOLDFAST_METRICS_INTERVAL", "500ms", "from 1s to 1h"),
             ("HOLDFAST_HEALTH_FILE", "health.json", "an absolute path to a file"),
             ("HOLDFAST_HEALTH_THRESHOLD", "0", "from 1s to 12h"),
+            ("HOLDFAST_DEPLOYMENT_CHECK", "soon", "off, or a duration"),
+            ("HOLDFAST_DEPLOYMENT_CHECK", "2h", "from 100ms to 1h"),
+            ("HOLDFAST_DEPLOYMENT_CHECK", "60s", "ECS_CONTAINER_METADATA_URI_V4"),
         ];
         for (variable, value, hint) in cases {
             let mut pairs = vec![URL];
@@ -783,6 +818,15 @@ mod tests {
         {
             assert!(cases.iter().any(|(v, _, _)| v == variable), "{variable} has no bad-value case");
         }
+    }
+
+    #[test]
+    fn the_deployment_check_is_off_unless_asked_for_inside_ecs() {
+        assert_eq!(parse(&[URL]).unwrap().deployment_check, None);
+        assert_eq!(parse(&[URL, ("HOLDFAST_DEPLOYMENT_CHECK", "off")]).unwrap().deployment_check, None);
+        let inside = ("ECS_CONTAINER_METADATA_URI_V4", "http://169.254.170.2/v4/abc");
+        let c = parse(&[URL, inside, ("HOLDFAST_DEPLOYMENT_CHECK", "60s")]).unwrap();
+        assert_eq!(c.deployment_check, Some(Duration::from_secs(60)));
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod acker;
 mod backoff;
 mod config;
 mod context;
+mod deployment;
 mod dispatch;
 mod emf;
 mod error;

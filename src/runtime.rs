@@ -55,6 +55,9 @@ pub struct Summary {
     pub deleted: u64,
     /// Deletes that failed for good (the message will be delivered again).
     pub delete_failed: u64,
+    /// The worker stepped aside because a deployment replaced its task's revision
+    /// (`HOLDFAST_DEPLOYMENT_CHECK`), then waited idle for the shutdown.
+    pub stepped_aside: bool,
 }
 
 /// Which queue a route reads.
@@ -142,6 +145,7 @@ pub struct Worker {
     routes: Vec<Route>,
     protection: Option<Protection>,
     events: Events,
+    deployment_client: Option<aws_sdk_ecs::Client>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -174,6 +178,7 @@ impl Worker {
             routes: Vec::new(),
             protection: None,
             events: Events::default(),
+            deployment_client: None,
         }
     }
 
@@ -241,6 +246,15 @@ impl Worker {
     #[must_use]
     pub fn protection(mut self, protection: Protection) -> Self {
         self.protection = Some(protection);
+        self
+    }
+
+    /// The ECS client the deployment check (`HOLDFAST_DEPLOYMENT_CHECK`) calls
+    /// `DescribeServices` with; without it, one is built from the default AWS configuration
+    /// (the task role) in the task's region.
+    #[must_use]
+    pub fn deployment_client(mut self, client: aws_sdk_ecs::Client) -> Self {
+        self.deployment_client = Some(client);
         self
     }
 
@@ -428,14 +442,21 @@ impl Worker {
                 }
             }
         };
+        let replaced = crate::deployment::watch_if_on(&config, self.deployment_client, &protection);
+        let mut stepped_aside = None;
         let mut fatal = None;
         tokio::pin!(shutdown);
         tokio::pin!(idle);
+        tokio::pin!(replaced);
         loop {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
                 _ = &mut idle => break,
+                seen = &mut replaced => {
+                    stepped_aside = Some(seen);
+                    break;
+                }
                 done = pollers.join_next() => match done {
                     Some(Ok(Err(error))) => {
                         fatal = Some(error);
@@ -503,6 +524,12 @@ impl Worker {
         events.emit(|| Event::Shutdown(ShutdownPhase::DeletesFlushed));
         // Deletes are flushed: the task may be taken now.
         protection.shutdown().await;
+        if let Some(seen) = &stepped_aside
+            && fatal.is_none()
+        {
+            summary.stepped_aside = true;
+            crate::deployment::idle_until(seen, &mut shutdown).await;
+        }
         telemetry_stop.cancel();
         let _ = health_task.await;
         let _ = protection_task.await;

@@ -1,7 +1,7 @@
 //! The Copilot manifests, judged by the worker's own configuration parser.
 //!
 //! Every `copilot/*/manifest.yml` is read the way Copilot reads it: YAML anchors and aliases
-//! resolved, a variable handed the text of its scalar whatever it looks like, and each
+//! resolved (and refused on the StopTimeout, which is written as a plain number), a variable handed the text of its scalar whatever it looks like, and each
 //! `environments:` override merged over the manifest. What each deployment would give the
 //! container then goes through [`holdfast::Config::from_lookup`], with `COPILOT_QUEUE_URI`
 //! set to a queue URL as Copilot sets it, so a value the worker would refuse at start-up
@@ -268,7 +268,7 @@ fn check_deployment(d: &Yaml) -> Vec<Problem> {
             "variables.HOLDFAST_STOP_TIMEOUT",
             format!(
                 "{} differs from {stop_source} ({}): the worker sets its drain deadline from it, so write the \
-                 StopTimeout once (value: &stop_timeout N) and alias it here (HOLDFAST_STOP_TIMEOUT: *stop_timeout)",
+                 StopTimeout's number here too (HOLDFAST_STOP_TIMEOUT: \"N\")",
                 human(set),
                 human(stop)
             ),
@@ -375,12 +375,17 @@ fn stop_timeout(d: &Yaml, problems: &mut Vec<Problem>) -> (Duration, String) {
         if rule.get("path").and_then(Yaml::text) != Some(STOP_TIMEOUT_PATH) {
             continue;
         }
-        if let Some(Yaml::Scalar { alias: true, .. }) = rule.get("value") {
+        if let Some(Yaml::Scalar { alias, anchored, .. }) = rule.get("value")
+            && (*alias || *anchored)
+        {
+            let written = if *alias { "is an alias (*name)" } else { "carries an anchor (&name)" };
             problems.push(Problem::new(
                 format!("taskdef_overrides[{i}].value"),
-                "is an alias: Copilot copies this node into the CloudFormation template as it is written, and \
-                 CloudFormation refuses YAML aliases; anchor the number here (value: &stop_timeout N) and alias it \
-                 in the variables (HOLDFAST_STOP_TIMEOUT: *stop_timeout)",
+                format!(
+                    "{written}: Copilot copies this node into the CloudFormation template, CloudFormation refuses \
+                     YAML aliases, and whether Copilot resolves an anchor first is not documented; write the number \
+                     itself, here and again in HOLDFAST_STOP_TIMEOUT (this check fails when the two differ)"
+                ),
             ));
         }
         match rule.get("value").and_then(Yaml::text).map(|text| (text, text.parse::<u64>())) {
@@ -485,12 +490,13 @@ fn human(d: Duration) -> String {
 /// `off` reach the container as written).
 #[derive(Debug, Clone, PartialEq)]
 enum Yaml {
-    /// A scalar's text, whether it was written plain (unquoted), and whether it was written as
-    /// an alias of another (`*name`).
+    /// A scalar's text, whether it was written plain (unquoted), whether it was written as
+    /// an alias of another (`*name`), and whether it carries an anchor (`&name`).
     Scalar {
         text: String,
         plain: bool,
         alias: bool,
+        anchored: bool,
     },
     Seq(Vec<Yaml>),
     /// Entries in document order.
@@ -535,12 +541,18 @@ fn parse_yaml(source: &str) -> Result<Yaml, String> {
         let (event, span) = event.map_err(|e| e.to_string())?;
         let line = span.start.line();
         let (node, anchor) = match event {
-            Event::Scalar(text, style, anchor, _) => {
-                (Yaml::Scalar { text: text.into_owned(), plain: style == ScalarStyle::Plain, alias: false }, anchor)
-            }
+            Event::Scalar(text, style, anchor, _) => (
+                Yaml::Scalar {
+                    text: text.into_owned(),
+                    plain: style == ScalarStyle::Plain,
+                    alias: false,
+                    anchored: anchor != 0,
+                },
+                anchor,
+            ),
             Event::Alias(id) => match anchors.get(&id) {
                 Some(Yaml::Scalar { text, plain, .. }) => {
-                    (Yaml::Scalar { text: text.clone(), plain: *plain, alias: true }, 0)
+                    (Yaml::Scalar { text: text.clone(), plain: *plain, alias: true, anchored: false }, 0)
                 }
                 Some(node) => (node.clone(), 0),
                 None => return Err(format!("line {line}: alias of an unknown anchor")),
@@ -614,14 +626,14 @@ fn with_merged(mut entries: Vec<(String, Yaml)>, merges: Vec<Yaml>) -> Result<Ve
 // ------------------------------------------------------------------------------------------
 
 fn scalar(text: &str, plain: bool) -> Yaml {
-    Yaml::Scalar { text: text.into(), plain, alias: false }
+    Yaml::Scalar { text: text.into(), plain, alias: false, anchored: false }
 }
 
 #[test]
 fn aliases_resolve_and_scalars_keep_their_text() {
     let doc = parse_yaml("a: &t 120\nb: *t\nc: '120'\nd: off\ne: 0x10\n").unwrap();
-    assert_eq!(doc.get("a"), Some(&scalar("120", true)));
-    assert_eq!(doc.get("b"), Some(&Yaml::Scalar { text: "120".into(), plain: true, alias: true }));
+    assert_eq!(doc.get("a"), Some(&Yaml::Scalar { text: "120".into(), plain: true, alias: false, anchored: true }));
+    assert_eq!(doc.get("b"), Some(&Yaml::Scalar { text: "120".into(), plain: true, alias: true, anchored: false }));
     assert_eq!(doc.get("c"), Some(&scalar("120", false)));
     assert_eq!(doc.get("d"), Some(&scalar("off", true)));
     assert_eq!(doc.get("e"), Some(&scalar("0x10", true)));

@@ -2,14 +2,19 @@
 //!
 //! - the ECS agent endpoint: `PUT`/`GET {agent_uri}/task-protection/v1/state`, success and
 //!   `failure` bodies with HTTP 200, `error` bodies with 4xx/5xx, 400 on an unknown field;
-//! - the task metadata endpoint v4: `GET {metadata_uri}/task` with `Cluster` and `TaskARN`;
+//! - the task metadata endpoint v4: `GET {metadata_uri}/task` with `Cluster`, `TaskARN`,
+//!   `Family`, `Revision` and (unless removed) `ServiceName`;
 //! - the ECS API over awsJson1_1: `UpdateTaskProtection` / `GetTaskProtection` selected by
-//!   `X-Amz-Target`, `protectedTasks`/`failures` in the answer, `__type` errors.
+//!   `X-Amz-Target`, `protectedTasks`/`failures` in the answer, `__type` errors; and
+//!   `DescribeServices`, whose `services[].deployments[]` hold a `PRIMARY` deployment (the
+//!   revision set with [`FakeEcs::deploy`]) and the `ACTIVE` ones it replaced, with
+//!   `failures[]` (`MISSING`) for a service it does not know.
 //!
 //! Scriptable: queue replies for the next state-changing calls (`PUT` or
 //! `UpdateTaskProtection`), or set the reply used when the queue is empty; every call is
 //! recorded. Also served to other processes: `POST /_fake/replies` with a JSON list of
-//! replies queues them, `PUT /_fake/default` sets the default, `GET /_fake/calls` lists calls.
+//! replies queues them, `PUT /_fake/default` sets the default, `GET /_fake/calls` lists calls,
+//! `PUT /_fake/primary` with a revision number makes a new deployment primary.
 //! Binds 127.0.0.1 only.
 #![allow(dead_code)]
 
@@ -31,6 +36,10 @@ pub(crate) const CLUSTER: &str = "arn:aws:ecs:eu-west-1:123456789012:cluster/hol
 pub(crate) const TASK_ARN: &str = "arn:aws:ecs:eu-west-1:123456789012:task/holdfast/0123456789abcdef0123456789abcdef";
 const UPDATE_TARGET: &str = "AmazonEC2ContainerServiceV20141113.UpdateTaskProtection";
 const GET_TARGET: &str = "AmazonEC2ContainerServiceV20141113.GetTaskProtection";
+const DESCRIBE_SERVICES_TARGET: &str = "AmazonEC2ContainerServiceV20141113.DescribeServices";
+pub(crate) const SERVICE_NAME: &str = "holdfast-worker-svc";
+pub(crate) const FAMILY: &str = "holdfast-worker";
+const ACCOUNT_PREFIX: &str = "arn:aws:ecs:eu-west-1:123456789012";
 
 /// How the next state-changing call is answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +105,12 @@ struct Inner {
     calls: Vec<Call>,
     started: std::time::Instant,
     request_id: u64,
+    /// `ServiceName` in the task metadata (`None`: the key is absent).
+    service_name: Option<String>,
+    /// The task's own revision (`Revision` in the metadata).
+    task_revision: u32,
+    /// The service's deployments, newest (PRIMARY) last: (revision, created at).
+    deployments: Vec<(u32, SystemTime)>,
 }
 
 /// A running fake. Stops when dropped or with [`FakeEcs::stop`].
@@ -129,6 +144,9 @@ impl FakeEcs {
             calls: Vec::new(),
             started: std::time::Instant::now(),
             request_id: 0,
+            service_name: Some(SERVICE_NAME.into()),
+            task_revision: 1,
+            deployments: vec![(1, SystemTime::now())],
         }));
         let stop = CancellationToken::new();
         let app = Router::new().fallback(route).with_state(inner.clone());
@@ -174,6 +192,19 @@ impl FakeEcs {
         let inner = self.inner.lock().unwrap();
         inner.enabled && inner.expires_at.is_some_and(|t| t > SystemTime::now())
     }
+    /// A new deployment of `revision` becomes the service's PRIMARY one; the earlier ones
+    /// turn ACTIVE.
+    pub(crate) fn deploy(&self, revision: u32) {
+        self.inner.lock().unwrap().deployments.push((revision, SystemTime::now()));
+    }
+    /// Removes (`None`) or sets `ServiceName` in the task metadata.
+    pub(crate) fn set_service_name(&self, name: Option<&str>) {
+        self.inner.lock().unwrap().service_name = name.map(str::to_owned);
+    }
+    /// The `DescribeServices` calls received.
+    pub(crate) fn describe_calls(&self) -> Vec<Call> {
+        self.calls().into_iter().filter(|c| c.operation == "DescribeServices").collect()
+    }
     /// Stops serving; later connections are refused.
     pub(crate) fn stop(&self) {
         self.stop.cancel();
@@ -188,7 +219,7 @@ async fn route(State(inner): State<Shared>, method: Method, uri: Uri, headers: H
         return agent(&inner, &method, &body).await;
     }
     if path.starts_with("/v4/") && path.ends_with("/task") && method == Method::GET {
-        return metadata();
+        return metadata(&inner);
     }
     if let Some(target) = headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
         return api(&inner, target, &body).await;
@@ -209,22 +240,94 @@ async fn route(State(inner): State<Shared>, method: Method, uri: Uri, headers: H
             Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
         },
         (Method::GET, "/_fake/calls") => axum::Json(inner.lock().unwrap().calls.clone()).into_response(),
+        (Method::PUT, "/_fake/primary") => match std::str::from_utf8(&body).ok().and_then(|b| b.trim().parse().ok()) {
+            Some(revision) => {
+                inner.lock().unwrap().deployments.push((revision, SystemTime::now()));
+                StatusCode::NO_CONTENT.into_response()
+            }
+            None => (StatusCode::BAD_REQUEST, "a revision number").into_response(),
+        },
         _ => (StatusCode::NOT_FOUND, "not a path the fake ECS serves").into_response(),
     }
 }
 
-fn metadata() -> Response {
-    axum::Json(json!({
+fn metadata(inner: &Shared) -> Response {
+    let inner = inner.lock().unwrap();
+    let mut body = json!({
         "Cluster": CLUSTER,
         "TaskARN": TASK_ARN,
-        "Family": "holdfast-worker",
-        "Revision": "1",
+        "Family": FAMILY,
+        "Revision": inner.task_revision.to_string(),
         "DesiredStatus": "RUNNING",
         "KnownStatus": "RUNNING",
         "LaunchType": "FARGATE",
         "AvailabilityZone": "eu-west-1a"
-    }))
-    .into_response()
+    });
+    if let Some(name) = &inner.service_name {
+        body["ServiceName"] = json!(name);
+    }
+    axum::Json(body).into_response()
+}
+
+/// `DescribeServices`: `{"cluster": "...", "services": ["name or ARN", ...]}` (1 to 10).
+fn describe_services(inner: &Shared, request: &Value) -> Response {
+    let Some(names) = request.get("services").and_then(Value::as_array) else {
+        return api_error(400, "InvalidParameterException", "services is required");
+    };
+    if names.is_empty() || names.len() > 10 {
+        return api_error(400, "InvalidParameterException", "services must hold 1 to 10 names");
+    }
+    let cluster = request.get("cluster").and_then(Value::as_str).unwrap_or("default");
+    if cluster != CLUSTER && cluster != "holdfast" {
+        return api_error(400, "ClusterNotFoundException", "Cluster not found.");
+    }
+    let mut guard = inner.lock().unwrap();
+    let service_arn = format!("{ACCOUNT_PREFIX}:service/holdfast/{SERVICE_NAME}");
+    let (mut services, mut failures) = (Vec::new(), Vec::new());
+    for name in names.iter().filter_map(Value::as_str) {
+        if name != SERVICE_NAME && name != service_arn {
+            failures.push(json!({ "arn": format!("{ACCOUNT_PREFIX}:service/holdfast/{name}"), "reason": "MISSING" }));
+            continue;
+        }
+        let last = guard.deployments.len() - 1;
+        let deployments: Vec<Value> = guard
+            .deployments
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, (revision, at))| {
+                json!({
+                    "id": format!("ecs-svc/{:019}", 1000 + i),
+                    "status": if i == last { "PRIMARY" } else { "ACTIVE" },
+                    "taskDefinition": format!("{ACCOUNT_PREFIX}:task-definition/{FAMILY}:{revision}"),
+                    "desiredCount": if i == last { 1 } else { 0 },
+                    "pendingCount": 0,
+                    "runningCount": 1,
+                    "failedTasks": 0,
+                    "createdAt": at.duration_since(UNIX_EPOCH).unwrap().as_secs_f64(),
+                    "updatedAt": at.duration_since(UNIX_EPOCH).unwrap().as_secs_f64(),
+                    "launchType": "FARGATE",
+                    "rolloutState": if i == last { "IN_PROGRESS" } else { "COMPLETED" },
+                    "rolloutStateReason": "ECS deployment in progress.",
+                })
+            })
+            .collect();
+        let primary = guard.deployments[last].0;
+        services.push(json!({
+            "serviceArn": service_arn,
+            "serviceName": SERVICE_NAME,
+            "clusterArn": CLUSTER,
+            "status": "ACTIVE",
+            "desiredCount": 1,
+            "runningCount": guard.deployments.len(),
+            "pendingCount": 0,
+            "launchType": "FARGATE",
+            "taskDefinition": format!("{ACCOUNT_PREFIX}:task-definition/{FAMILY}:{primary}"),
+            "deployments": deployments,
+        }));
+    }
+    record(&mut guard, Surface::Api, "DescribeServices", None, None, 200, None);
+    api_json(json!({ "services": services, "failures": failures }))
 }
 
 /// A request to change the state, once validated.
@@ -398,6 +501,9 @@ async fn api(inner: &Shared, target: &str, body: &[u8]) -> Response {
         Ok(v) => v,
         Err(e) => return api_error(400, "SerializationException", &e.to_string()),
     };
+    if target == DESCRIBE_SERVICES_TARGET {
+        return describe_services(inner, &request);
+    }
     let tasks: Vec<String> = request
         .get("tasks")
         .and_then(Value::as_array)

@@ -40,12 +40,19 @@ pub(crate) struct Setup {
 }
 
 /// The scenarios, in the order they run.
-pub(crate) const SCENARIOS: [&str; 4] = [
+pub(crate) const SCENARIOS: [&str; 5] = [
     "scale_in_waits_for_the_busy_task",
     "rolling_deployment_stop_task_mid_job_drains",
     "job_past_the_stop_timeout_is_killed_and_redelivered",
     "job_past_the_drain_deadline_is_released_before_the_kill",
+    "rolling_deployment_of_a_busy_service_steps_aside",
 ];
+
+/// How often the old task of scenario 5 checks its revision (`HOLDFAST_DEPLOYMENT_CHECK`).
+const DEPLOYMENT_CHECK: Duration = Duration::from_millis(500);
+/// The line a worker logs when it sees its revision replaced.
+const STEPPING_ASIDE: &str = "a deployment replaced this task's revision: stepping aside (no new messages, unstarted \
+                              ones released, running ones finish within the drain timeout, then protection is released)";
 
 /// How the rehearsal went.
 pub(crate) struct Report {
@@ -79,7 +86,8 @@ pub(crate) async fn run(setup: &Setup, selected: &[&str]) -> Report {
             1 => rehearsal.scale_in_while_busy(number).await,
             2 => rehearsal.rolling_deployment(number).await,
             3 => rehearsal.killed_at_the_stop_timeout(number).await,
-            _ => rehearsal.released_at_the_drain_deadline(number).await,
+            4 => rehearsal.released_at_the_drain_deadline(number).await,
+            _ => rehearsal.busy_service_steps_aside(number).await,
         };
         match result {
             Ok(()) => {
@@ -389,6 +397,14 @@ fn describe(event: &Event) -> Option<String> {
         "drain deadline passed: handler stopped, message released" => {
             format!("job {job} stopped, its message released (visible again at once)")
         }
+        STEPPING_ASIDE => format!(
+            "sees revision {} PRIMARY, its own is {}: steps aside (takes nothing new, finishes what runs)",
+            field("primary_revision"),
+            field("task_revision")
+        ),
+        "stepped aside: protection released, no work taken; idle until ECS stops this task" => {
+            "stepped aside: idle, unprotected, waiting to be stopped".into()
+        }
         "worker stopped" => format!(
             "worker stopped (received {}, succeeded {}, deleted {}, released {})",
             field("deliveries"),
@@ -591,6 +607,8 @@ impl<'a> Rehearsal<'a> {
             ("ECS_CONTAINER_METADATA_URI_V4", agent.metadata_uri()),
             ("AWS_REGION", "us-east-1".into()),
             ("AWS_ENDPOINT_URL_SQS", self.setup.sqs_endpoint.clone()),
+            // The task's ECS API (DescribeServices, for HOLDFAST_DEPLOYMENT_CHECK) is its fake.
+            ("AWS_ENDPOINT_URL_ECS", agent.endpoint_url()),
             ("AWS_ACCESS_KEY_ID", "test".into()),
             ("AWS_SECRET_ACCESS_KEY", "test".into()),
             ("AWS_EC2_METADATA_DISABLED", "true".into()),
@@ -983,6 +1001,128 @@ impl<'a> Rehearsal<'a> {
         self.check_clean_exit(&mut verdict, &t7, &stop_t7);
         self.check_queues_empty(&mut verdict, &queues).await?;
         verdict.finish(&[&t6, &t7])
+    }
+
+    /// 5. Rolling deployment of a busy service: a backlog keeps the old task busy, so it
+    ///    would stay protected; with the deployment check it notices the new PRIMARY
+    ///    revision, finishes what runs, releases protection and is stopped at once.
+    async fn busy_service_steps_aside(&self, number: usize) -> Result<(), String> {
+        self.banner(
+            number,
+            "rolling deployment of a busy service",
+            &[
+                "A task that always has work keeps its protection, and the deployment waits for it to be released",
+                "or to expire (an hour by default). With HOLDFAST_DEPLOYMENT_CHECK the old task compares its revision",
+                "with the service's PRIMARY deployment (DescribeServices) and steps aside once it is replaced.",
+            ],
+        );
+        let queues = self.create_queues("busy-deploy", VISIBILITY_S).await?;
+        // Three jobs fill t8's three slots; six more wait behind them: the old task would
+        // carry on with them as soon as a slot frees.
+        let running = [("j1", 3000), ("j2", 3000), ("j3", 3000)];
+        self.send_jobs(&queues, &running).await?;
+        let check = format!("{}ms", DEPLOYMENT_CHECK.as_millis());
+        let t8 = self
+            .start_task(
+                "t8",
+                &queues,
+                "revision 1, checks its revision every 500 ms",
+                &[("HOLDFAST_DEPLOYMENT_CHECK", &check), ("HOLDFAST_PROTECTION_MAINTAIN", "60s")],
+            )
+            .await?;
+        t8.wait_jobs_started(running.len()).await?;
+        let backlog = [("j4", 3000), ("j5", 3000), ("j6", 3000), ("j7", 3000), ("j8", 3000), ("j9", 3000)];
+        self.send_jobs(&queues, &backlog).await?;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let protected = self.protection(&t8).await?;
+        let describes_before = t8.agent.describe_calls().len();
+        t8.agent.deploy(2);
+        let primary_at = Instant::now();
+        let in_flight = t8.running_at(primary_at);
+        self.say("deployment", "copilot svc deploy: revision 2 is the PRIMARY deployment; its task starts");
+        let t9 = self.start_task("t9", &queues, "revision 2", &[]).await?;
+        // The deployment stops the old task as soon as it is no longer protected.
+        let mut waited = false;
+        while let Some(expires) = self.protection(&t8).await? {
+            if !waited {
+                self.say("deployment", format!("old task t8 is protected (expires {expires}) — waiting"));
+                waited = true;
+            }
+            if primary_at.elapsed() > LIMIT {
+                return Err(format!("t8 still protected {LIMIT:?} after revision 2 became primary:\n{}", t8.tail(60)));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let unprotected_at = Instant::now();
+        self.say("deployment", "t8 no longer protected: stopping it");
+        let stop = self.stop(&t8, STOP_TIMEOUT, "deployment").await?;
+        let to_stopped = stop.exit.at.saturating_duration_since(primary_at);
+        let released_at = t8
+            .protection_updates()
+            .iter()
+            .rev()
+            .find(|(_, enabled)| !enabled)
+            .map(|(at, _)| t8.agent_zero + Duration::from_secs_f64(*at));
+        let to_released = released_at.unwrap_or(unprotected_at).saturating_duration_since(primary_at);
+        self.say("deployment", "old task stopped: revision 2 is the service now");
+        let all: Vec<&str> = running.iter().chain(&backlog).map(|(id, _)| *id).collect();
+        wait_all_done(&[&t8, &t9], &all, LIMIT).await?;
+        let (_, stop_t5) = self.scale_in(&t9).await?;
+
+        let mut verdict = Verdict::default();
+        verdict.check(
+            protected.is_some() && describes_before > 0,
+            format!(
+                "t8 busy and protected, checking its revision ({describes_before} DescribeServices call(s) so far)"
+            ),
+        );
+        let aside = t8.events(STEPPING_ASIDE);
+        verdict.check(
+            aside.first().is_some_and(|e| {
+                e.fields.get("task_revision").and_then(Value::as_str) == Some("holdfast-worker:1")
+                    && e.fields.get("primary_revision").and_then(Value::as_str) == Some("holdfast-worker:2")
+            }),
+            "t8 logged at warn that revision 2 replaced its revision 1",
+        );
+        let t4_done: Vec<String> = t8.events("job done").into_iter().filter_map(|e| e.job).collect();
+        verdict.check(
+            !in_flight.is_empty() && in_flight.iter().all(|j| t4_done.contains(j)) && t4_done.len() == in_flight.len(),
+            format!("t8 finished the jobs it was running ({in_flight:?}) and took no other: it did {t4_done:?}"),
+        );
+        let goal = Duration::from_millis(3000) + DEPLOYMENT_CHECK + Duration::from_secs(1);
+        verdict.check(
+            released_at.is_some_and(|at| at < stop.sigterm_at),
+            format!(
+                "t8 released its protection {} after revision 2 became primary (goal: at most the longest job \
+                 3 s + one check 0.5 s + 1 s = {}; without the check it would keep it while the backlog lasts, up \
+                 to the 60 min expiry), before SIGTERM",
+                human(to_released),
+                human(goal)
+            ),
+        );
+        verdict.check(
+            stop.exit.code == Some(0) && t8.events("job interrupted").is_empty(),
+            format!(
+                "revision 2 primary → old task stopped: {} (idle at SIGTERM: exit 0, {} after it)",
+                human(to_stopped),
+                human(stop.took())
+            ),
+        );
+        self.check_done_once(&mut verdict, &[&t8, &t9], &all);
+        let started = tally(&[&t8, &t9], "job started");
+        let twice: Vec<&String> = started.iter().filter(|(_, by)| by.len() > 1).map(|(job, _)| job).collect();
+        verdict.check(twice.is_empty(), format!("no job lost or started twice (started twice: {twice:?})"));
+        let describes = t8.agent.describe_calls().len();
+        verdict.check(
+            describes >= 1,
+            format!(
+                "t8 made {describes} DescribeServices call(s), one per 500 ms: {} an hour at this interval, 60 at 60s",
+                3_600_000 / DEPLOYMENT_CHECK.as_millis()
+            ),
+        );
+        self.check_clean_exit(&mut verdict, &t9, &stop_t5);
+        self.check_queues_empty(&mut verdict, &queues).await?;
+        verdict.finish(&[&t8, &t9])
     }
 }
 
