@@ -68,6 +68,11 @@ pub mod names {
     pub const HEALTHY: &str = "holdfast_healthy";
     /// Gauge (no queue label): 1 while strict protection holds polling back, else 0.
     pub const POLLING_PAUSED: &str = "holdfast_polling_paused";
+    /// Counter (no queue label), label `outcome` (`current`, `replaced`, `error`): the
+    /// deployment check's `DescribeServices` calls.
+    pub const DEPLOYMENT_CHECKS: &str = "holdfast_deployment_checks_total";
+    /// Gauge (no queue label): 1 once the worker stepped aside for a deployment, else 0.
+    pub const STEPPED_ASIDE: &str = "holdfast_stepped_aside";
     /// Counter (no queue label): events a slow subscriber lost.
     pub const EVENTS_LOST: &str = "holdfast_events_lost_total";
     /// Counter (no queue label): histogram samples left out of EMF output.
@@ -106,6 +111,7 @@ pub(crate) fn describe() {
         (LEASE_EXTENSIONS, "leases extended by the heartbeat"),
         (LEASES_LOST, "leases lost"),
         (PROTECTION_CALLS, "scale-in protection calls, by call and outcome"),
+        (DEPLOYMENT_CHECKS, "deployment checks (DescribeServices calls), by outcome"),
         (EVENTS_LOST, "events a slow subscriber lost"),
         (EMF_SAMPLES_DROPPED, "histogram samples left out of EMF output"),
     ] {
@@ -117,6 +123,7 @@ pub(crate) fn describe() {
         (PROTECTED, "1 while the task is protected from scale-in"),
         (HEALTHY, "1 while the worker is healthy"),
         (POLLING_PAUSED, "1 while strict protection holds polling back"),
+        (STEPPED_ASIDE, "1 once the worker stepped aside for a deployment"),
     ] {
         metrics::describe_gauge!(name, Unit::Count, text);
     }
