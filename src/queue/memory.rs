@@ -519,7 +519,8 @@ impl QueueBackend for MemoryQueue {
         let now = Instant::now();
         let mut state = self.state();
         let mut failures = Vec::new();
-        let mut released = false;
+        // A waiting long poll timed its wake on the old visibility: one made sooner must wake it.
+        let mut sooner = false;
         for e in entries {
             let Some(m) = state.receipts.get(&e.receipt_handle).copied().and_then(|seq| state.messages.get_mut(&seq))
             else {
@@ -542,12 +543,12 @@ impl QueueBackend for MemoryQueue {
                     sender_fault: true,
                 });
             } else {
+                sooner |= now + e.visibility < m.visible_at;
                 m.visible_at = now + e.visibility;
-                released |= e.visibility.is_zero();
             }
         }
         drop(state);
-        if released {
+        if sooner {
             self.inner.arrived.notify_waiters();
         }
         Ok(failures)
@@ -609,6 +610,24 @@ mod tests {
         let start = Instant::now();
         assert!(q.receive(&request(10, 20)).await.unwrap().is_empty());
         assert_eq!(start.elapsed(), Duration::from_secs(20));
+    }
+
+    /// A long poll already waiting sees a message whose visibility was shortened while it
+    /// waits (a retry's backoff, here 2 s, in place of the 30 s it was received with): it
+    /// returns when the message turns visible, not at the end of its 20 s wait.
+    #[tokio::test(start_paused = true)]
+    async fn long_poll_wakes_for_a_visibility_shortened_while_it_waits() {
+        let q = MemoryQueue::new("shortened");
+        q.send(&OutgoingMessage::new("retry me")).await.unwrap();
+        let first = q.receive(&request(10, 0)).await.unwrap();
+        let poller = q.clone();
+        let start = Instant::now();
+        let poll = tokio::spawn(async move { poller.receive(&request(10, 20)).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(q.change_visibility_batch(&[entry("r", &first[0].receipt_handle, 2)]).await.unwrap().is_empty());
+        let got = poll.await.unwrap();
+        assert_eq!(got.len(), 1, "the shortened message is delivered to the waiting poll");
+        assert_eq!(start.elapsed(), Duration::from_millis(2100));
     }
 
     /// A long poll whose caller went away, as SQS serves it: the server still waits out the
