@@ -38,6 +38,8 @@ pub(crate) struct Health {
     ack_failing: AtomicU64,
     paused: AtomicUsize,
     paused_since: AtomicU64,
+    /// Pollers waiting for the bounded hold's opening to end.
+    hold_paused: AtomicUsize,
     draining: AtomicBool,
     beats: Mutex<Vec<Arc<Beat>>>,
 }
@@ -73,6 +75,7 @@ impl Health {
             ack_failing: AtomicU64::new(0),
             paused: AtomicUsize::new(0),
             paused_since: AtomicU64::new(0),
+            hold_paused: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             beats: Mutex::new(Vec::new()),
         }
@@ -116,6 +119,13 @@ impl Health {
         PauseGuard(self.clone())
     }
 
+    /// A poller waits for the bounded hold's opening to end, until the guard is dropped: a
+    /// pause on a schedule, never a reason to be unhealthy.
+    pub(crate) fn hold_pause(self: &Arc<Self>) -> HoldPauseGuard {
+        self.hold_paused.fetch_add(1, Ordering::Relaxed);
+        HoldPauseGuard(self.clone())
+    }
+
     /// Polling has stopped for shutdown: receive health no longer applies.
     pub(crate) fn draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
@@ -144,10 +154,11 @@ impl Health {
                 reasons.push(format!("heartbeat of queue {} behind schedule by {} s", beat.queue, late.as_secs()));
             }
         }
-        let paused = self.paused.load(Ordering::Relaxed) > 0;
-        if paused && let Some(d) = over(since(&self.paused_since, now)) {
+        let strict_paused = self.paused.load(Ordering::Relaxed) > 0;
+        if strict_paused && let Some(d) = over(since(&self.paused_since, now)) {
             reasons.push(format!("polling paused by strict scale-in protection for {} s", d.as_secs()));
         }
+        let paused = strict_paused || self.hold_paused.load(Ordering::Relaxed) > 0;
         let state = if draining {
             "draining"
         } else if paused {
@@ -202,6 +213,16 @@ impl Health {
                 return;
             }
         }
+    }
+}
+
+/// Ends a wait for the bounded hold's opening.
+#[derive(Debug)]
+pub(crate) struct HoldPauseGuard(Arc<Health>);
+
+impl Drop for HoldPauseGuard {
+    fn drop(&mut self) {
+        self.0.hold_paused.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
