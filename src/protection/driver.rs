@@ -284,7 +284,7 @@ impl Driver {
                 held_s = held / 1000,
                 running,
                 "bounded hold: the task has been protected for {} without a break (HOLDFAST_PROTECTION_MAX_HOLD): \
-                 taking no new work, letting the {running} jobs in flight finish, then releasing protection",
+                 taking no new work; releasing protection once the {running} jobs in flight have finished",
                 crate::config::human(Duration::from_secs(held / 1000))
             ),
             Transition::Drained => tracing::info!("bounded hold: the work in flight finished; releasing protection"),
