@@ -306,6 +306,24 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
+    async fn the_bounded_hold_pause_reads_paused_but_never_unhealthy() {
+        let health = Arc::new(Health::new(Duration::from_secs(60)));
+        let held = health.hold_pause();
+        let status = health.evaluate();
+        assert!(status.healthy && status.state == "paused", "{status:?}");
+        tokio::time::advance(Duration::from_secs(600)).await;
+        let status = health.evaluate();
+        assert!(status.healthy && status.state == "paused", "a scheduled pause is no stall: {status:?}");
+        drop(held);
+        assert_eq!(health.evaluate().state, "polling");
+        // a strict pause alongside still counts
+        let _held = health.hold_pause();
+        let _strict = health.pause();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(!health.evaluate().healthy);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn each_signal_turns_unhealthy_past_the_threshold_and_heals() {
         let health = Arc::new(Health::new(Duration::from_secs(60)));
         assert!(health.evaluate().healthy);

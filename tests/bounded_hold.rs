@@ -240,6 +240,56 @@ async fn shutdown_during_the_gap_exits_cleanly() {
     assert_eq!(rig.seen.unprotected.load(Ordering::SeqCst), 0);
 }
 
+/// A FIFO group in the middle of a batch when the pause comes: the rest of the batch is
+/// released, not started, and after the gap the group goes on in order, each message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_group_is_released_at_the_pause_and_resumes_in_order() {
+    const N: usize = 60;
+    let agent = Agent::start().await;
+    let memory = MemoryQueue::builder("bounded-hold.fifo").fifo().build();
+    let queue = Queue::memory(&memory);
+    for i in 0..N {
+        let message = OutgoingMessage::new(i.to_string()).group_id("g").deduplication_id(i.to_string());
+        queue.send(message).await.unwrap();
+    }
+    let mut c = Config::default();
+    c.concurrency = 10;
+    c.wait_time = Duration::from_secs(1);
+    c.drain_timeout = Duration::from_secs(10);
+    c.protection.backend = ProtectionBackend::Agent;
+    c.protection.agent_uri = Some(agent.uri());
+    c.protection.max_hold = Some(MAX_HOLD);
+    c.protection.hold_gap = GAP;
+    let order = Arc::new(Mutex::new(Vec::<usize>::new()));
+    let unprotected = Arc::new(AtomicUsize::new(0));
+    let (record, seen, check) = (order.clone(), unprotected.clone(), agent.clone());
+    let worker = Worker::new(c).queue(queue).handler(handler_fn(move |m, _c| {
+        let (order, seen, agent) = (record.clone(), seen.clone(), check.clone());
+        let i: usize = m.body().parse().unwrap();
+        async move {
+            if agent.protected() == Some(false) {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+            // 1.3 s a batch of ten: the pause at 3 s comes in the middle of the third
+            sleep(Duration::from_millis(130)).await;
+            order.lock().unwrap().push(i);
+            Ok::<_, BoxError>(Outcome::Ack)
+        }
+    }));
+    let stop = Arc::new(Notify::new());
+    let signal = stop.clone();
+    let run = tokio::spawn(worker.run_until(async move { signal.notified().await }));
+    let all = wait_until(Duration::from_secs(60), || order.lock().unwrap().len() >= N).await;
+    stop.notify_one();
+    let summary = run.await.unwrap().unwrap();
+    assert!(all, "{} of {N} handled", order.lock().unwrap().len());
+    assert_eq!(*order.lock().unwrap(), (0..N).collect::<Vec<_>>(), "in order, each once");
+    assert_eq!(summary.deleted, N as u64);
+    assert!(summary.released > 0, "the rest of a batch was released at the pause");
+    assert!(!openings(&agent.updates()).is_empty(), "{:?}", agent.updates());
+    assert_eq!(unprotected.load(Ordering::SeqCst), 0);
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Step {
     /// The hold's release.
