@@ -235,7 +235,7 @@ def main():
     env.pop("RUSTFLAGS", None)
     action = "build" if "--build" in sys.argv else "check"
     result = subprocess.run(
-        ["cargo", action, "--bins", "--message-format=json"],
+        ["cargo", action, "--bins", "--keep-going", "--message-format=json"],
         cwd=crate,
         env=env,
         stdout=subprocess.PIPE,

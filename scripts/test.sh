@@ -25,6 +25,8 @@ python3 scripts/readme-blocks.py --self-test
 echo "== cargo test (SQS server at $HOLDFAST_TEST_SQS_ENDPOINT)"
 cargo test --workspace --all-targets --locked -- --test-threads 8
 cargo test --workspace --doc --locked
+echo "== cargo test --features opentelemetry (the message span joins the sender's trace)"
+cargo test --locked --lib --features opentelemetry trace_context
 
 # The same behaviour tests against holdfast-sqs-server, the workspace's own local SQS server
 # (HOLDFAST_TEST_SQS_ENDPOINT is the one switch), then two clients that are not Rust.

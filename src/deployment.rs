@@ -99,6 +99,7 @@ pub(crate) async fn watch_if_on(
     let (Some(every), Some(uri)) = (config.deployment_check, config.protection.metadata_uri.clone()) else {
         return std::future::pending().await;
     };
+    metrics::gauge!(crate::telemetry::names::STEPPED_ASIDE).set(0.0);
     let strict = protection.is_strict();
     let mut states = protection.subscribe();
     let blocked = async move {
@@ -125,6 +126,19 @@ pub(crate) async fn watch_if_on(
     tokio::select! {
         replaced = watch(uri, every, client.map_or(EcsClient::Default, EcsClient::Given)) => StepAside::Replaced(replaced),
         () = blocked => StepAside::Blocked,
+    }
+}
+
+impl StepAside {
+    /// The event's form of the reason.
+    pub(crate) fn reason(&self) -> crate::StepAsideReason {
+        match self {
+            Self::Replaced(seen) => crate::StepAsideReason::Replaced {
+                task_revision: seen.task_revision.clone(),
+                primary_revision: seen.primary_revision.clone(),
+            },
+            Self::Blocked => crate::StepAsideReason::DeploymentBlocked,
+        }
     }
 }
 
@@ -205,6 +219,12 @@ pub(crate) async fn watch(metadata_uri: String, interval: Duration, client: EcsC
             Ok(Err(error)) => Err(describe_error(&error)),
             Ok(Ok(output)) => primary_revision(&output),
         };
+        let outcome = match &primary {
+            Ok(primary) if *primary == task_revision => "current",
+            Ok(_) => "replaced",
+            Err(_) => "error",
+        };
+        metrics::counter!(crate::telemetry::names::DEPLOYMENT_CHECKS, "outcome" => outcome).increment(1);
         match primary {
             Ok(primary) if primary == task_revision => {
                 if last_problem.take().is_some() {

@@ -72,6 +72,9 @@ pub enum Event {
     },
     /// Scale-in protection changed.
     Protection(ProtectionEvent),
+    /// The worker stepped aside for a deployment (`HOLDFAST_DEPLOYMENT_CHECK`): it takes no
+    /// new message, drains what runs, releases protection and waits idle to be stopped.
+    SteppedAside(StepAsideReason),
     /// A step of the worker's shutdown.
     Shutdown(ShutdownPhase),
     /// This subscriber fell behind and lost this many events (the oldest).
@@ -151,11 +154,28 @@ pub enum ProtectionEvent {
     },
 }
 
+/// Why the worker stepped aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StepAsideReason {
+    /// The service's `PRIMARY` deployment runs another revision than this task.
+    Replaced {
+        /// This task's `Family:Revision`.
+        task_revision: String,
+        /// The `Family:Revision` of the service's `PRIMARY` deployment.
+        primary_revision: String,
+    },
+    /// ECS refused protection with `DEPLOYMENT_BLOCKED` (strict mode).
+    DeploymentBlocked,
+}
+
 /// A step of the shutdown, in this order (steps that do not happen are skipped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ShutdownPhase {
     /// The shutdown future resolved (SIGTERM, SIGINT, the idle limit) or a queue failed.
+    /// A worker that stepped aside ([`Event::SteppedAside`]) skips it: its steps follow that
+    /// event, and [`ShutdownPhase::Stopped`] comes when the stop signal ends its idle wait.
     SignalReceived,
     /// No receive runs any more; messages received but not started were released.
     PollingStopped,

@@ -26,7 +26,9 @@ pub use async_trait::async_trait;
 pub use config::{Config, ConfigError, LogFormat, MetricsOutput, ShutdownReceive, VARIABLES};
 pub use context::Context;
 pub use error::{BoxError, Error};
-pub use events::{EVENT_CAPACITY, Event, FailureCause, HandledOutcome, ProtectionEvent, ShutdownPhase, Subscription};
+pub use events::{
+    EVENT_CAPACITY, Event, FailureCause, HandledOutcome, ProtectionEvent, ShutdownPhase, StepAsideReason, Subscription,
+};
 pub use handler::{BatchHandler, DecodeError, Handler, HandlerFn, JsonFn, handler_fn, json_fn};
 pub use health::health_check;
 pub use message::{AttributeValue, Message, MessageAttribute, SnsNotification};

@@ -459,6 +459,8 @@ impl Worker {
                 _ = &mut shutdown => break,
                 _ = &mut idle => break,
                 seen = &mut replaced => {
+                    metrics::gauge!(crate::telemetry::names::STEPPED_ASIDE).set(1.0);
+                    events.emit(|| Event::SteppedAside(seen.reason()));
                     stepped_aside = Some(seen);
                     break;
                 }
@@ -480,7 +482,9 @@ impl Worker {
         // Stop taking messages: receives in flight finish (within their limit) and hand back
         // what they bring, messages received but not started are released by their tasks,
         // and running handlers go on meanwhile, all within the drain deadline.
-        events.emit(|| Event::Shutdown(ShutdownPhase::SignalReceived));
+        if stepped_aside.is_none() {
+            events.emit(|| Event::Shutdown(ShutdownPhase::SignalReceived));
+        }
         intake.cancel();
         let drain_end = tokio::time::Instant::now() + config.drain_timeout;
         let receiving = activity.receiving();

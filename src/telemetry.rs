@@ -69,6 +69,11 @@ pub mod names {
     /// Gauge (no queue label): 1 while strict protection or the bounded hold holds polling
     /// back, else 0.
     pub const POLLING_PAUSED: &str = "holdfast_polling_paused";
+    /// Counter (no queue label), label `outcome` (`current`, `replaced`, `error`): the
+    /// deployment check's `DescribeServices` calls.
+    pub const DEPLOYMENT_CHECKS: &str = "holdfast_deployment_checks_total";
+    /// Gauge (no queue label): 1 once the worker stepped aside for a deployment, else 0.
+    pub const STEPPED_ASIDE: &str = "holdfast_stepped_aside";
     /// Counter (no queue label): events a slow subscriber lost.
     pub const EVENTS_LOST: &str = "holdfast_events_lost_total";
     /// Counter (no queue label): histogram samples left out of EMF output.
@@ -107,6 +112,7 @@ pub(crate) fn describe() {
         (LEASE_EXTENSIONS, "leases extended by the heartbeat"),
         (LEASES_LOST, "leases lost"),
         (PROTECTION_CALLS, "scale-in protection calls, by call and outcome"),
+        (DEPLOYMENT_CHECKS, "deployment checks (DescribeServices calls), by outcome"),
         (EVENTS_LOST, "events a slow subscriber lost"),
         (EMF_SAMPLES_DROPPED, "histogram samples left out of EMF output"),
     ] {
@@ -118,6 +124,7 @@ pub(crate) fn describe() {
         (PROTECTED, "1 while the task is protected from scale-in"),
         (HEALTHY, "1 while the worker is healthy"),
         (POLLING_PAUSED, "1 while strict protection or the bounded hold holds polling back"),
+        (STEPPED_ASIDE, "1 once the worker stepped aside for a deployment"),
     ] {
         metrics::describe_gauge!(name, Unit::Count, text);
     }
@@ -411,7 +418,7 @@ impl Telemetry {
 pub(crate) fn message_span(queue: &str, message: &Message) -> tracing::Span {
     let traceparent = message.message_attribute("traceparent").and_then(|a| a.as_str());
     let aws_trace_header = message.attributes.get("AWSTraceHeader").map(String::as_str);
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "message",
         queue,
         message_id = %message.id,
@@ -419,7 +426,151 @@ pub(crate) fn message_span(queue: &str, message: &Message) -> tracing::Span {
         group_id = message.group_id.as_deref(),
         traceparent,
         aws_trace_header,
-    )
+    );
+    #[cfg(feature = "opentelemetry")]
+    if let Some(parent) =
+        traceparent.and_then(parse_traceparent).or_else(|| aws_trace_header.and_then(parse_aws_trace_header))
+    {
+        otel::set_parent(&span, parent);
+    }
+    span
+}
+
+/// The sender's span a message carries: trace id, span id, whether it was sampled.
+#[cfg(any(test, feature = "opentelemetry"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RemoteParent {
+    pub(crate) trace_id: [u8; 16],
+    pub(crate) span_id: [u8; 8],
+    pub(crate) sampled: bool,
+}
+
+#[cfg(any(test, feature = "opentelemetry"))]
+fn hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A W3C `traceparent` (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`); all-zero ids
+/// are invalid.
+#[cfg(any(test, feature = "opentelemetry"))]
+pub(crate) fn parse_traceparent(value: &str) -> Option<RemoteParent> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
+        return None;
+    }
+    let (trace_id, span_id, flags) = (hex::<16>(trace)?, hex::<8>(span)?, hex::<1>(flags)?);
+    if trace_id == [0; 16] || span_id == [0; 8] {
+        return None;
+    }
+    Some(RemoteParent { trace_id, span_id, sampled: flags[0] & 1 == 1 })
+}
+
+/// SQS's `AWSTraceHeader` (X-Ray: `Root=1-<8 hex>-<24 hex>;Parent=<16 hex>;Sampled=1`), whose
+/// root is a W3C trace id written in two parts. Without a `Parent` there is nothing to link to.
+#[cfg(any(test, feature = "opentelemetry"))]
+pub(crate) fn parse_aws_trace_header(value: &str) -> Option<RemoteParent> {
+    let (mut root, mut parent, mut sampled) = (None, None, false);
+    for field in value.split(';') {
+        match field.trim().split_once('=') {
+            Some(("Root", v)) => root = Some(v),
+            Some(("Parent", v)) => parent = Some(v),
+            Some(("Sampled", v)) => sampled = v == "1",
+            _ => {}
+        }
+    }
+    let mut root_parts = root?.split('-');
+    let (version, time, random) = (root_parts.next()?, root_parts.next()?, root_parts.next()?);
+    if version != "1" || time.len() != 8 || random.len() != 24 {
+        return None;
+    }
+    let trace_id = hex::<16>(&format!("{time}{random}"))?;
+    let span_id = hex::<8>(parent?)?;
+    Some(RemoteParent { trace_id, span_id, sampled })
+}
+
+#[cfg(feature = "opentelemetry")]
+mod otel {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    /// Makes `span` a child of the sender's span (a no-op without an OpenTelemetry layer).
+    pub(super) fn set_parent(span: &tracing::Span, parent: super::RemoteParent) {
+        let flags = if parent.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+        let remote = SpanContext::new(
+            TraceId::from_bytes(parent.trace_id),
+            SpanId::from_bytes(parent.span_id),
+            flags,
+            true,
+            TraceState::default(),
+        );
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
+}
+
+#[cfg(test)]
+mod trace_context_tests {
+    use super::*;
+
+    #[test]
+    fn traceparents_are_read_as_the_w3c_spec_writes_them() {
+        let p = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(p.trace_id[..4], [0x4b, 0xf9, 0x2f, 0x35]);
+        assert_eq!(p.span_id, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert!(p.sampled);
+        assert!(!parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap().sampled);
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "not a traceparent",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn aws_trace_headers_become_the_same_ids() {
+        let p = parse_aws_trace_header("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1")
+            .unwrap();
+        assert_eq!(p.trace_id[..4], [0x57, 0x59, 0xe9, 0x88]);
+        assert_eq!(p.trace_id[4..6], [0xbd, 0x86]);
+        assert_eq!(p.span_id[..2], [0x53, 0x99]);
+        assert!(p.sampled);
+        assert_eq!(parse_aws_trace_header("Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1"), None, "no parent");
+        assert_eq!(parse_aws_trace_header("Parent=53995c3f42cd8ad8"), None, "no root");
+    }
+
+    /// With an OpenTelemetry layer installed, the message's span is a child of the
+    /// sender's: its context carries the sender's trace id.
+    #[cfg(feature = "opentelemetry")]
+    #[test]
+    fn the_message_span_joins_the_senders_trace() {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(opentelemetry::trace::noop::NoopTracer::new()));
+        tracing::subscriber::with_default(subscriber, || {
+            let message = Message::new("m", "{}").with_attribute(
+                "traceparent",
+                crate::MessageAttribute::string("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            );
+            let span = message_span("jobs", &message);
+            let context = span.context();
+            let trace_id = context.span().span_context().trace_id();
+            assert_eq!(trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        });
+    }
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use aws_sdk_ecs::config::retry::RetryConfig;
 use aws_sdk_ecs::config::{BehaviorVersion, Credentials, Region};
 use fake_ecs::FakeEcs;
 use holdfast::{
-    BoxError, Config, MemoryQueue, Outcome, OutgoingMessage, ProtectionBackend, ProtectionMode, Queue, Summary, Worker,
-    handler_fn,
+    BoxError, Config, Event, MemoryQueue, Outcome, OutgoingMessage, ProtectionBackend, ProtectionMode, Queue,
+    ShutdownPhase, StepAsideReason, Summary, Worker, handler_fn,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -72,6 +72,20 @@ fn worker(fake: &FakeEcs, queue: &Queue, drain: Duration, job: Duration) -> (Wor
     (worker, handled)
 }
 
+/// The worker's events other than per-message ones, in order, until it stops.
+fn lifecycle(worker: &Worker) -> tokio::task::JoinHandle<Vec<Event>> {
+    let mut events = worker.subscribe();
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(event) = events.recv().await {
+            if matches!(event, Event::SteppedAside(_) | Event::Shutdown(_)) {
+                seen.push(event);
+            }
+        }
+        seen
+    })
+}
+
 fn start(worker: Worker) -> (tokio::task::JoinHandle<Result<Summary, holdfast::Error>>, Arc<Notify>) {
     let stop = Arc::new(Notify::new());
     let signal = stop.clone();
@@ -113,6 +127,7 @@ async fn a_busy_worker_steps_aside_when_a_new_revision_becomes_primary() {
     }
     let job = Duration::from_millis(500);
     let (worker, handled) = worker(&fake, &queue, Duration::from_secs(10), job);
+    let lifecycle = lifecycle(&worker);
     let (run, stop) = start(worker);
     assert!(wait_until(Duration::from_secs(20), || total(&handled) >= 8).await, "the worker never got busy");
     assert!(fake.is_protected(), "busy and protected before the deployment");
@@ -146,6 +161,17 @@ async fn a_busy_worker_steps_aside_when_a_new_revision_becomes_primary() {
     let updates = fake.updates();
     let releases = updates.iter().filter(|c| c.enabled == Some(false)).count();
     assert_eq!(releases, 1, "released once, when stepping aside: {updates:?}");
+    let lifecycle = lifecycle.await.unwrap();
+    let replaced = Event::SteppedAside(StepAsideReason::Replaced {
+        task_revision: format!("{}:1", fake_ecs::FAMILY),
+        primary_revision: format!("{}:2", fake_ecs::FAMILY),
+    });
+    assert_eq!(lifecycle.first(), Some(&replaced), "the step aside is an event first: {lifecycle:?}");
+    assert!(
+        !lifecycle.contains(&Event::Shutdown(ShutdownPhase::SignalReceived)),
+        "no stop signal came before the step aside: {lifecycle:?}"
+    );
+    assert_eq!(lifecycle.last(), Some(&Event::Shutdown(ShutdownPhase::Stopped)), "{lifecycle:?}");
     println!(
         "new revision primary -> protection released: {} ms (jobs of {} ms, check every {} ms); \
          DescribeServices calls: {}; handled {after}, back in the queue {}, handled twice {}",
@@ -267,4 +293,67 @@ async fn a_deployment_blocked_refresh_steps_aside_and_bounds_running_work() {
     let summary = run.await.unwrap().unwrap();
     assert!(summary.stepped_aside);
     assert_eq!(summary.released, 2);
+}
+
+/// The step aside shows in the metrics: `holdfast_stepped_aside` goes from 0 to 1, and
+/// `holdfast_deployment_checks_total` counts the checks that found this revision current
+/// and the one that found it replaced. (One thread, so the local recorder sees every task.)
+#[tokio::test(flavor = "current_thread")]
+async fn stepping_aside_shows_in_the_metrics() {
+    use metrics_util::debugging::DebugValue;
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    // A snapshot resets counters, so counters are summed over every snapshot taken.
+    let sums = std::cell::RefCell::new(HashMap::<String, u64>::new());
+    let value = |name: &str, outcome: Option<&str>| {
+        let mut found = None;
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let key = key.key();
+            let outcome_label = key.labels().find(|l| l.key() == "outcome").map(|l| l.value().to_owned());
+            if let DebugValue::Counter(n) = value {
+                let mut sums = sums.borrow_mut();
+                let sum = sums.entry(format!("{}{:?}", key.name(), outcome_label)).or_default();
+                *sum += n;
+                if key.name() == name && outcome_label.as_deref() == outcome {
+                    found = Some(DebugValue::Counter(*sum));
+                }
+            } else if key.name() == name && outcome.is_none() {
+                found = Some(value);
+            }
+        }
+        found.or_else(|| sums.borrow().get(&format!("{name}{outcome:?}")).map(|n| DebugValue::Counter(*n)))
+    };
+
+    let fake = FakeEcs::start().await;
+    let memory = MemoryQueue::new("metered");
+    let queue = Queue::memory(&memory);
+    queue.send(OutgoingMessage::new("long")).await.unwrap();
+    let (worker, _handled) = worker(&fake, &queue, Duration::from_millis(200), Duration::from_secs(600));
+    let (run, stop) = start(worker);
+    assert!(wait_until(Duration::from_secs(10), || fake.describe_calls().len() >= 2).await);
+    assert!(
+        matches!(value("holdfast_stepped_aside", None), Some(DebugValue::Gauge(v)) if v.into_inner() == 0.0),
+        "{:?}",
+        value("holdfast_stepped_aside", None)
+    );
+    fake.deploy(2);
+    assert!(wait_until(Duration::from_secs(15), || released(&fake)).await, "{:?}", fake.updates());
+    assert!(
+        matches!(value("holdfast_stepped_aside", None), Some(DebugValue::Gauge(v)) if v.into_inner() == 1.0),
+        "{:?}",
+        value("holdfast_stepped_aside", None)
+    );
+    assert!(
+        matches!(value("holdfast_deployment_checks_total", Some("current")), Some(DebugValue::Counter(n)) if n >= 2),
+        "{:?}",
+        value("holdfast_deployment_checks_total", Some("current"))
+    );
+    assert!(
+        matches!(value("holdfast_deployment_checks_total", Some("replaced")), Some(DebugValue::Counter(1))),
+        "{:?}",
+        value("holdfast_deployment_checks_total", Some("replaced"))
+    );
+    stop.notify_one();
+    assert!(run.await.unwrap().unwrap().stepped_aside);
 }

@@ -180,6 +180,40 @@ fn cases_for(variable: &str) -> Vec<(&'static str, String, Expect)> {
             c.push(("out of range", "2h".to_owned(), Refused));
             c
         }
+        "HOLDFAST_LOG_MESSAGE_CONTENT" => word_cases("of"),
+        "HOLDFAST_PROGRESS_INTERVAL" => {
+            let mut c = duration_cases(Refused, false);
+            c.push(("out of range", "50ms".to_owned(), Refused));
+            c.push(("word typo", "of".to_owned(), Refused));
+            c
+        }
+        "HOLDFAST_METRICS" => word_cases("emff"),
+        "HOLDFAST_METRICS_NAMESPACE" => vec![
+            ("garbage", "AWS:holdfast".to_owned(), Refused),
+            ("huge", "x".repeat(256), Refused),
+            ("control character", "jobs\u{7}".to_owned(), Refused),
+            ("in range", "MyApp/Workers".to_owned(), Accepted),
+        ],
+        "HOLDFAST_METRICS_INTERVAL" => duration_cases(Refused, true),
+        "HOLDFAST_HEALTH_FILE" => vec![
+            ("garbage", "health.json".to_owned(), Refused),
+            ("negative", "-1".to_owned(), Refused),
+            ("zero", "0".to_owned(), Refused),
+            ("typo", "~/health.json".to_owned(), Refused),
+            ("in range", "/tmp/holdfast-health.json".to_owned(), Accepted),
+        ],
+        "HOLDFAST_HEALTH_THRESHOLD" => {
+            let mut c = duration_cases(Refused, false);
+            c.push(("out of range", "13h".to_owned(), Refused));
+            c
+        }
+        // Outside ECS (no ECS_CONTAINER_METADATA_URI_V4) every interval is refused too.
+        "HOLDFAST_DEPLOYMENT_CHECK" => {
+            let mut c = duration_cases(Refused, false);
+            c.push(("outside ECS", "60s".to_owned(), Refused));
+            c.push(("off", "off".to_owned(), Accepted));
+            c
+        }
         other => panic!("{other} is in holdfast::VARIABLES but has no row in this table: add one"),
     }
 }
