@@ -317,6 +317,8 @@ pub const VARIABLES: &[&str] = &[
     "HOLDFAST_PROTECTION_MAINTAIN",
     "HOLDFAST_PROTECTION_SHARED_DIR",
     "HOLDFAST_PROTECTION_LEASE_TTL",
+    "HOLDFAST_PROTECTION_MAX_HOLD",
+    "HOLDFAST_PROTECTION_HOLD_GAP",
     "HOLDFAST_METRICS",
     "HOLDFAST_METRICS_NAMESPACE",
     "HOLDFAST_METRICS_INTERVAL",
@@ -526,6 +528,7 @@ impl Config {
             };
         }
         config.protection = ProtectionConfig::from_lookup(&get)?;
+        config.protection.hold_drain = config.drain_timeout;
         if let Some(v) = get("HOLDFAST_METRICS") {
             config.metrics = match v.trim().to_ascii_lowercase().as_str() {
                 "off" => MetricsOutput::Off,

@@ -217,7 +217,8 @@ impl Dispatcher {
     }
 
     /// Protects the task before work starts. `None` (the messages were released) when
-    /// shutdown began first, or when strict protection was refused.
+    /// shutdown began first, when strict protection was refused, or when the bounded hold
+    /// paused.
     async fn protect(&self, messages: &[Message]) -> Option<ProtectionGuard> {
         let held = tokio::select! {
             biased;
@@ -228,14 +229,14 @@ impl Dispatcher {
         match held {
             Some(Ok(guard)) => Some(guard),
             Some(Err(error)) => {
-                // One line when the refusal starts and one when it ends (with this count),
-                // not one per message.
+                // One line when the refusal (or the bounded hold's pause) starts and one when
+                // it ends (with this count), not one per message.
                 tracing::debug!(
                     reason = error.code(),
                     messages = messages.len(),
-                    "task not protected from scale-in (strict mode): messages released"
+                    "task not protected from scale-in (strict mode, or the bounded hold's pause): messages released"
                 );
-                self.protection.note_released(messages.len());
+                self.protection.note_released(&error, messages.len());
                 messages.iter().for_each(|m| self.release(m));
                 None
             }
@@ -265,7 +266,8 @@ impl Dispatcher {
         let mut blocked = false;
         for (i, message) in group.iter().enumerate() {
             let lease = leases[i].take().expect("each lease used once");
-            if blocked || self.intake.is_cancelled() {
+            // The bounded hold's pause: the rest of the group waits for after the opening.
+            if blocked || self.intake.is_cancelled() || self.protection.hold_paused() {
                 drop(lease);
                 tracing::debug!(message_id = %message.id, "released to keep its FIFO group in order");
                 self.release(message);

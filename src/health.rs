@@ -38,6 +38,8 @@ pub(crate) struct Health {
     ack_failing: AtomicU64,
     paused: AtomicUsize,
     paused_since: AtomicU64,
+    /// Pollers waiting for the bounded hold's opening to end.
+    hold_paused: AtomicUsize,
     draining: AtomicBool,
     beats: Mutex<Vec<Arc<Beat>>>,
 }
@@ -73,6 +75,7 @@ impl Health {
             ack_failing: AtomicU64::new(0),
             paused: AtomicUsize::new(0),
             paused_since: AtomicU64::new(0),
+            hold_paused: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             beats: Mutex::new(Vec::new()),
         }
@@ -116,6 +119,13 @@ impl Health {
         PauseGuard(self.clone())
     }
 
+    /// A poller waits for the bounded hold's opening to end, until the guard is dropped: a
+    /// pause on a schedule, never a reason to be unhealthy.
+    pub(crate) fn hold_pause(self: &Arc<Self>) -> HoldPauseGuard {
+        self.hold_paused.fetch_add(1, Ordering::Relaxed);
+        HoldPauseGuard(self.clone())
+    }
+
     /// Polling has stopped for shutdown: receive health no longer applies.
     pub(crate) fn draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
@@ -144,10 +154,11 @@ impl Health {
                 reasons.push(format!("heartbeat of queue {} behind schedule by {} s", beat.queue, late.as_secs()));
             }
         }
-        let paused = self.paused.load(Ordering::Relaxed) > 0;
-        if paused && let Some(d) = over(since(&self.paused_since, now)) {
+        let strict_paused = self.paused.load(Ordering::Relaxed) > 0;
+        if strict_paused && let Some(d) = over(since(&self.paused_since, now)) {
             reasons.push(format!("polling paused by strict scale-in protection for {} s", d.as_secs()));
         }
+        let paused = strict_paused || self.hold_paused.load(Ordering::Relaxed) > 0;
         let state = if draining {
             "draining"
         } else if paused {
@@ -202,6 +213,16 @@ impl Health {
                 return;
             }
         }
+    }
+}
+
+/// Ends a wait for the bounded hold's opening.
+#[derive(Debug)]
+pub(crate) struct HoldPauseGuard(Arc<Health>);
+
+impl Drop for HoldPauseGuard {
+    fn drop(&mut self) {
+        self.0.hold_paused.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -283,6 +304,24 @@ pub fn health_check() -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_bounded_hold_pause_reads_paused_but_never_unhealthy() {
+        let health = Arc::new(Health::new(Duration::from_secs(60)));
+        let held = health.hold_pause();
+        let status = health.evaluate();
+        assert!(status.healthy && status.state == "paused", "{status:?}");
+        tokio::time::advance(Duration::from_secs(600)).await;
+        let status = health.evaluate();
+        assert!(status.healthy && status.state == "paused", "a scheduled pause is no stall: {status:?}");
+        drop(held);
+        assert_eq!(health.evaluate().state, "polling");
+        // a strict pause alongside still counts
+        let _held = health.hold_pause();
+        let _strict = health.pause();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(!health.evaluate().healthy);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn each_signal_turns_unhealthy_past_the_threshold_and_heals() {

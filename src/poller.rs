@@ -73,6 +73,16 @@ impl Poller {
             let (request, mut permits) = match retry.take() {
                 Some(pending) => pending,
                 None => {
+                    // The bounded hold's opening, in either mode: scheduled, with its own way
+                    // out, so it is reported as a pause but never as unhealthy.
+                    if self.dispatcher.protection.hold_paused() {
+                        let _paused = self.dispatcher.telemetry.health().hold_pause();
+                        tokio::select! {
+                            biased;
+                            _ = self.intake.cancelled() => return Ok(()),
+                            _ = self.dispatcher.protection.hold_open() => {}
+                        }
+                    }
                     // Strict protection: take nothing while the task cannot be protected, nor
                     // before the last messages know whether they could be.
                     if self.dispatcher.protection.is_strict() {

@@ -342,7 +342,12 @@ impl Worker {
         }
         let protection = match self.protection {
             Some(protection) => protection,
-            None => Protection::from_config(&config.protection).await?,
+            None => {
+                // The bounded hold waits for running work no longer than a shutdown would.
+                let mut settings = config.protection.clone();
+                settings.hold_drain = config.drain_timeout;
+                Protection::from_config(&settings).await?
+            }
         };
 
         let emf = match config.metrics {

@@ -168,6 +168,18 @@ fn cases_for(variable: &str) -> Vec<(&'static str, String, Expect)> {
             c.push(("out of range", "2h".to_owned(), Refused));
             c
         }
+        "HOLDFAST_PROTECTION_MAX_HOLD" => {
+            let mut c = duration_cases(Refused, false);
+            c.push(("out of range", "59s".to_owned(), Refused)); // under the 1 min minimum
+            c.push(("out of range", "49h".to_owned(), Refused));
+            c.push(("word typo", "of".to_owned(), Refused));
+            c
+        }
+        "HOLDFAST_PROTECTION_HOLD_GAP" => {
+            let mut c = duration_cases(Refused, false);
+            c.push(("out of range", "2h".to_owned(), Refused));
+            c
+        }
         "HOLDFAST_LOG_MESSAGE_CONTENT" => word_cases("of"),
         "HOLDFAST_PROGRESS_INTERVAL" => {
             let mut c = duration_cases(Refused, false);

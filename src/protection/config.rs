@@ -80,6 +80,20 @@ pub struct ProtectionConfig {
     /// stopped renewing its registration (hung, or its lock could not be checked) still
     /// counts (default 30 s). Each process renews every third of it.
     pub lease_ttl: Duration,
+    /// `HOLDFAST_PROTECTION_MAX_HOLD`: the bounded hold. After the task has been protected
+    /// this long without a break, the worker takes no new work, lets the work in flight
+    /// finish (for up to [`hold_drain`](Self::hold_drain)), releases protection and stays
+    /// unprotected for [`hold_gap`](Self::hold_gap) before it takes work again: an opening
+    /// for a deployment or scale-in that needs no IAM permission. `off` (the default) or a
+    /// duration from 1 min to 48 h.
+    pub max_hold: Option<Duration>,
+    /// `HOLDFAST_PROTECTION_HOLD_GAP`: how long the bounded hold leaves the task unprotected
+    /// (default 30 s, from 1 s to 1 h).
+    pub hold_gap: Duration,
+    /// How long the bounded hold waits for the work in flight before it releases protection
+    /// anyway. The worker sets it to its drain timeout (`HOLDFAST_DRAIN_TIMEOUT`), so the
+    /// opening waits no longer for running work than a shutdown would (default 25 s).
+    pub hold_drain: Duration,
     /// `ECS_AGENT_URI`, set by ECS: the agent endpoint's base URI.
     pub agent_uri: Option<String>,
     /// `ECS_CONTAINER_METADATA_URI_V4`, set by ECS: the task metadata endpoint.
@@ -87,6 +101,9 @@ pub struct ProtectionConfig {
 }
 
 const DEFAULT_EXPIRY_MINUTES: u32 = 60;
+/// Long enough for ECS to see the task unprotected and pick it for a waiting scale-in or
+/// deployment, short enough to cost under 1 % of an hour's throughput.
+const DEFAULT_HOLD_GAP: Duration = Duration::from_secs(30);
 
 impl Default for ProtectionConfig {
     fn default() -> Self {
@@ -98,6 +115,9 @@ impl Default for ProtectionConfig {
             maintain: Duration::from_secs(30),
             shared_dir: None,
             lease_ttl: Duration::from_secs(30),
+            max_hold: None,
+            hold_gap: DEFAULT_HOLD_GAP,
+            hold_drain: Duration::from_secs(25),
             agent_uri: None,
             metadata_uri: None,
         }
@@ -190,6 +210,38 @@ impl ProtectionConfig {
                 false,
             )?;
         }
+        if let Some(v) = get("HOLDFAST_PROTECTION_MAX_HOLD") {
+            const EXPECTED: &str = "off, or a duration (such as 1h or 90m) from 1m to 48h";
+            config.max_hold = match v.trim().to_ascii_lowercase().as_str() {
+                "off" => None,
+                _ => Some(
+                    parse_duration(
+                        "HOLDFAST_PROTECTION_MAX_HOLD",
+                        &v,
+                        Duration::from_secs(60),
+                        Duration::from_secs(u64::from(MAX_EXPIRY_MINUTES) * 60),
+                        false,
+                    )
+                    .map_err(|_| ConfigError::new("HOLDFAST_PROTECTION_MAX_HOLD", Some(&v), EXPECTED))?,
+                ),
+            };
+            if config.max_hold.is_some() && config.backend == ProtectionBackend::Off {
+                return Err(ConfigError::new(
+                    "HOLDFAST_PROTECTION_MAX_HOLD",
+                    Some(&v),
+                    "off while HOLDFAST_PROTECTION=off (a bounded hold needs protection to bound)",
+                ));
+            }
+        }
+        if let Some(v) = get("HOLDFAST_PROTECTION_HOLD_GAP") {
+            config.hold_gap = parse_duration(
+                "HOLDFAST_PROTECTION_HOLD_GAP",
+                &v,
+                Duration::from_secs(1),
+                Duration::from_secs(3600),
+                false,
+            )?;
+        }
         match config.backend {
             ProtectionBackend::Agent if config.agent_uri.is_none() => {
                 return Err(ConfigError::new(
@@ -214,8 +266,16 @@ impl ProtectionConfig {
 
     /// A one-line summary for start-up logs.
     pub(crate) fn describe(&self) -> String {
+        let hold = match self.max_hold {
+            Some(max) => format!(
+                "; bounded hold: unprotected for {} after {} protected without a break",
+                human(self.hold_gap),
+                human(max)
+            ),
+            None => String::new(),
+        };
         format!(
-            "expires in {} min, refreshed {} before, maintained {} after the last job",
+            "expires in {} min, refreshed {} before, maintained {} after the last job{hold}",
             self.expires_in_minutes,
             human(self.refresh_before),
             human(self.maintain)
@@ -244,6 +304,19 @@ mod tests {
         assert_eq!(c.maintain, Duration::from_secs(30));
         assert_eq!(c.lease_ttl, Duration::from_secs(30));
         assert_eq!(c.shared_dir, None);
+        assert_eq!(c.max_hold, None);
+        assert_eq!(c.hold_gap, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_bounded_hold_takes_off_or_a_duration_and_its_gap() {
+        let c = parse(&[("HOLDFAST_PROTECTION_MAX_HOLD", "90m"), ("HOLDFAST_PROTECTION_HOLD_GAP", "45s")]).unwrap();
+        assert_eq!(c.max_hold, Some(Duration::from_secs(90 * 60)));
+        assert_eq!(c.hold_gap, Duration::from_secs(45));
+        assert!(c.describe().contains("unprotected for 45s after 90m"), "{}", c.describe());
+        assert_eq!(parse(&[("HOLDFAST_PROTECTION_MAX_HOLD", "OFF")]).unwrap().max_hold, None);
+        let off = parse(&[("HOLDFAST_PROTECTION", "off"), ("HOLDFAST_PROTECTION_MAX_HOLD", "off")]).unwrap();
+        assert_eq!(off.max_hold, None);
     }
 
     #[test]
@@ -288,6 +361,11 @@ mod tests {
             ("HOLDFAST_PROTECTION_MAINTAIN", "soon", "duration"),
             ("HOLDFAST_PROTECTION_SHARED_DIR", "relative/dir", "absolute directory path"),
             ("HOLDFAST_PROTECTION_LEASE_TTL", "2h", "from 1s to 1h"),
+            ("HOLDFAST_PROTECTION_MAX_HOLD", "30s", "off, or a duration"),
+            ("HOLDFAST_PROTECTION_MAX_HOLD", "49h", "from 1m to 48h"),
+            ("HOLDFAST_PROTECTION_MAX_HOLD", "sometimes", "off, or a duration"),
+            ("HOLDFAST_PROTECTION_HOLD_GAP", "0", "from 1s to 1h"),
+            ("HOLDFAST_PROTECTION_HOLD_GAP", "2h", "from 1s to 1h"),
         ];
         for (variable, value, hint) in cases {
             let err = parse(&[(variable, value)]).expect_err(&format!("{variable}={value} must be refused"));
@@ -307,6 +385,9 @@ mod tests {
         assert_eq!(e.variable(), "ECS_AGENT_URI");
         let e = parse(&[("HOLDFAST_PROTECTION", "api")]).unwrap_err();
         assert_eq!(e.variable(), "ECS_CONTAINER_METADATA_URI_V4");
+        let e = parse(&[("HOLDFAST_PROTECTION", "off"), ("HOLDFAST_PROTECTION_MAX_HOLD", "1h")]).unwrap_err();
+        assert_eq!(e.variable(), "HOLDFAST_PROTECTION_MAX_HOLD");
+        assert!(e.to_string().contains("HOLDFAST_PROTECTION=off"), "{e}");
         assert!(parse(&[("HOLDFAST_PROTECTION", "off")]).is_ok());
     }
 }

@@ -10,10 +10,14 @@
 //!   changed while it was in flight, so it decides again at once instead of sleeping (this is
 //!   what lets a release that succeeded after an outage be followed straight away by the
 //!   probe a waiting poller needs);
+//! - the bounded hold changed phase (`hold.rs`): what this process wants changed with it, so
+//!   it decides again at once;
 //! - the handles are all gone (`stop`).
 //!
 //! So a state in which a poller waits for protection always has its way out scheduled: either
 //! a call is wanted now (made at once), or it is held back by a backoff (woken at its end).
+//! The bounded hold's phases each end at a time scheduled the same way, or when the last
+//! job ends (a guard dropped rings the wake-up).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backend::Backend;
 use super::coordination::Coordinator;
+use super::hold::{BoundedHold, Transition};
 use super::ledger::{Action, Demand, Ledger, Ms, Timing, next_wake};
 use super::shared::{Shared, Snapshot};
 use super::state::{ProtectionError, ProtectionState};
@@ -40,6 +45,7 @@ enum Wake {
     DemandChanged,
     Due,
     AfterCall,
+    Hold,
     Stop,
 }
 
@@ -49,6 +55,8 @@ struct Pass {
     called: bool,
     /// When the next pass is due if nothing else happens.
     wake_at: Option<Instant>,
+    /// The bounded hold changed phase.
+    hold_changed: bool,
 }
 
 pub(super) struct Driver {
@@ -60,6 +68,8 @@ pub(super) struct Driver {
     pub(super) public: watch::Sender<ProtectionState>,
     pub(super) stop: CancellationToken,
     pub(super) last_error_logged: Option<String>,
+    /// The bounded hold, when `max_hold` is set.
+    pub(super) hold: Option<BoundedHold>,
 }
 
 impl Driver {
@@ -86,6 +96,9 @@ impl Driver {
                 }
                 tracing::warn!(calls = calls_in_a_row, "scale-in protection: many calls in a row; pausing 1 s");
                 wake_at = Some(Instant::now() + Duration::from_secs(1));
+            } else if pass.hold_changed {
+                wake = Wake::Hold;
+                continue;
             }
             calls_in_a_row = 0;
             let due = async {
@@ -159,7 +172,9 @@ impl Driver {
 
     /// One pass: register this process's demand, decide, make at most one call, publish.
     async fn pass(&mut self, leaving: bool, served: u64) -> Pass {
-        let local = self.shared.demand();
+        let withdrawn = self.hold.as_ref().is_some_and(BoundedHold::withdrawn);
+        // The bounded hold's opening: this process wants nothing, busy or not.
+        let local = if withdrawn { Demand::default() } else { self.shared.demand() };
         let plan = match self.coordinator.plan(local, leaving, &self.timing).await {
             Ok(plan) => plan,
             Err(error) => return self.shared_dir_failed(error, served),
@@ -169,7 +184,7 @@ impl Driver {
         if let Some(action) = plan.action {
             if action == Action::Release && !leaving {
                 let mut local = self.shared.local();
-                if local.in_flight > 0 {
+                if local.in_flight > 0 && !withdrawn {
                     // Work arrived since the demand was read: decide again with it.
                     drop(local);
                     let ledger = self.coordinator.commit(plan, None);
@@ -216,11 +231,15 @@ impl Driver {
             Err(error) => return self.shared_dir_failed(error, served),
         };
         let clock = self.coordinator.clock();
+        let hold_changed = self.step_hold(&ledger, now);
+        let (paused, withdrawn) = self.hold.as_ref().map_or((false, false), |h| (h.paused(), h.withdrawn()));
         let protected_until = ledger.expires_at.filter(|t| ledger.enabled && *t > now).map(|t| clock.instant(t));
         self.snapshot.send_modify(|s| {
             s.protected_until = protected_until;
             s.error = ledger.protect_error.clone();
             s.served = s.served.max(served);
+            s.paused = paused;
+            s.withdrawn = withdrawn;
         });
         let state = match (&ledger.protect_error, protected_until) {
             (Some(error), until) => ProtectionState::Rejected { error: error.clone(), protected_until: until },
@@ -232,12 +251,70 @@ impl Driver {
             *current = state;
             changed
         });
-        let mut wake_at = next_wake(&ledger, &demand, now, &self.timing).map(|t| clock.instant(t));
+        let hold_wake = self.hold.as_ref().and_then(|h| h.next_wake(&ledger, now));
+        let decision_wake = next_wake(&ledger, &demand, now, &self.timing);
+        let mut wake_at = [decision_wake, hold_wake].into_iter().flatten().min().map(|t| clock.instant(t));
         if let Some(every) = self.coordinator.renew_every() {
             let renew = Instant::now() + every;
             wake_at = Some(wake_at.map_or(renew, |w| w.min(renew)));
         }
-        Pass { called: false, wake_at }
+        Pass { called: false, wake_at, hold_changed }
+    }
+
+    /// Moves the bounded hold on, if a phase is due; tells the handles (no new work, or no
+    /// demand) in the same lock in which the jobs in flight are counted, so a `hold` either
+    /// counts before the pause or is refused. Returns whether the phase changed.
+    fn step_hold(&mut self, ledger: &Ledger, now: Ms) -> bool {
+        let Some(hold) = &mut self.hold else { return false };
+        let mut local = self.shared.local();
+        let transition = hold.step(ledger, local.in_flight, now);
+        local.paused = hold.paused();
+        local.withdrawn = hold.withdrawn();
+        let Some(transition) = transition else { return false };
+        if hold.withdrawn() || !hold.paused() {
+            // What the work before the opening wanted ends with it: the maintain window and
+            // extensions do not reach past the gap.
+            local.keep_until = None;
+            local.extend_until = None;
+        }
+        drop(local);
+        let seconds = |ms: Ms| ms as f64 / 1000.0;
+        match transition {
+            Transition::Paused { held, running } => tracing::info!(
+                held_s = held / 1000,
+                running,
+                "bounded hold: the task has been protected for {} without a break (HOLDFAST_PROTECTION_MAX_HOLD): \
+                 taking no new work; releasing protection once the {running} jobs in flight have finished",
+                crate::config::human(Duration::from_secs(held / 1000))
+            ),
+            Transition::Drained => tracing::info!("bounded hold: the work in flight finished; releasing protection"),
+            Transition::DrainBound { running } => tracing::warn!(
+                running,
+                "bounded hold: {running} jobs still running at the drain bound; releasing protection anyway \
+                 (they finish unprotected)"
+            ),
+            Transition::Released => {
+                let gap = self.hold.as_ref().map(|h| h.gap()).unwrap_or_default();
+                tracing::info!(
+                    gap_s = seconds(gap),
+                    "bounded hold: the task is unprotected for {}, an opening for a deployment or scale-in",
+                    crate::config::human(Duration::from_millis(gap))
+                );
+            }
+            Transition::GaveUp => tracing::warn!(
+                "bounded hold: protection was not released in time (the call kept failing, or another process of \
+                 the task still holds it); taking work again, the next opening after another max hold"
+            ),
+            Transition::Resumed { paused } => {
+                let released = self.shared.hold_released.swap(0, Ordering::SeqCst);
+                tracing::info!(
+                    paused_s = seconds(paused),
+                    released,
+                    "bounded hold: the opening is over; taking new work again"
+                );
+            }
+        }
+        true
     }
 
     fn shared_dir_failed(&mut self, error: std::io::Error, served: u64) -> Pass {
@@ -248,7 +325,7 @@ impl Driver {
             s.served = s.served.max(served);
         });
         self.public.send_replace(ProtectionState::Rejected { error, protected_until: None });
-        Pass { called: false, wake_at: Some(Instant::now() + Duration::from_secs(1)) }
+        Pass { called: false, wake_at: Some(Instant::now() + Duration::from_secs(1)), hold_changed: false }
     }
 
     fn log_call(&mut self, action: Action, result: &Result<(), ProtectionError>) {

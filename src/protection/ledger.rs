@@ -34,6 +34,10 @@ pub(crate) struct Ledger {
     /// The last failed call was a release.
     #[serde(default)]
     pub(crate) release_failed: bool,
+    /// When the task was last protected from unprotected: the start of the continuous
+    /// protection that the bounded hold measures.
+    #[serde(default)]
+    pub(crate) protected_since: Option<Ms>,
 }
 
 /// What holders want.
@@ -85,6 +89,11 @@ impl Ledger {
     pub(crate) fn record(&mut self, action: Action, sent_at: Ms, result: &Result<(), ProtectionError>, jitter: f64) {
         match (action, result) {
             (Action::Protect { minutes }, Ok(())) => {
+                // A protection adopted from an earlier process has no known start: count from
+                // the first call that renews it.
+                if !self.protected_at(sent_at) || self.protected_since.is_none() {
+                    self.protected_since = Some(sent_at);
+                }
                 self.enabled = true;
                 // ECS counts from when it handled the call, a little after we sent it.
                 self.expires_at = Some(sent_at + Ms::from(minutes) * MINUTE);
@@ -96,6 +105,7 @@ impl Ledger {
             (Action::Release, Ok(())) => {
                 self.enabled = false;
                 self.expires_at = None;
+                self.protected_since = None;
                 self.failures = 0;
                 self.retry_at = None;
                 self.release_failed = false;
@@ -281,6 +291,25 @@ mod tests {
         assert_eq!(backoff(&throttled, 1, 1.0), Duration::from_secs(2));
         let blocked = ProtectionError::DeploymentBlocked { detail: None };
         assert_eq!(backoff(&blocked, 10, 1.0), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn continuous_protection_is_counted_from_the_protect_that_found_the_task_unprotected() {
+        let mut l = Ledger::default();
+        l.record(Action::Protect { minutes: 60 }, 1_000, &Ok(()), 0.0);
+        assert_eq!(l.protected_since, Some(1_000));
+        l.record(Action::Protect { minutes: 60 }, 40 * MINUTE, &Ok(()), 0.0);
+        assert_eq!(l.protected_since, Some(1_000), "a refresh continues the same protection");
+        let outage = Err(ProtectionError::Unavailable { message: String::new() });
+        l.record(Action::Protect { minutes: 60 }, 80 * MINUTE, &outage, 0.0);
+        assert_eq!(l.protected_since, Some(1_000), "a failed refresh changes nothing");
+        l.record(Action::Protect { minutes: 60 }, 200 * MINUTE, &Ok(()), 0.0);
+        assert_eq!(l.protected_since, Some(200 * MINUTE), "it had lapsed: a new protection");
+        l.record(Action::Release, 201 * MINUTE, &Ok(()), 0.0);
+        assert_eq!(l.protected_since, None);
+        let mut adopted = protected_until(60 * MINUTE);
+        adopted.record(Action::Protect { minutes: 60 }, 5 * MINUTE, &Ok(()), 0.0);
+        assert_eq!(adopted.protected_since, Some(5 * MINUTE), "an adopted protection counts from its renewal");
     }
 
     #[test]

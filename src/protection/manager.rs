@@ -18,6 +18,7 @@ use super::backend::Backend;
 use super::config::{MAX_EXPIRY_MINUTES, ProtectionBackend, ProtectionConfig, ProtectionMode};
 use super::coordination::{Clock, Coordinator, SharedDir};
 use super::driver::Driver;
+use super::hold::{BoundedHold, HoldLimits};
 use super::ledger::{Ms, Timing};
 use super::shared::{Probe, Shared, Snapshot};
 use super::state::{ProtectionError, ProtectionState, RemoteProtection};
@@ -191,6 +192,15 @@ impl Protection {
             public: public_tx,
             stop: stop.clone(),
             last_error_logged: None,
+            hold: config.max_hold.map(|max| {
+                let ms = |d: Duration| d.as_millis() as Ms;
+                // Fields set in code skip the parser's bounds; a zero max would pause at once.
+                BoundedHold::new(HoldLimits {
+                    max: ms(max).max(1000),
+                    gap: ms(config.hold_gap),
+                    drain: ms(config.hold_drain),
+                })
+            }),
         };
         tokio::spawn(driver.run());
         Ok(Protection { inner: Some(Arc::new(Inner { shared, backend, _stop: stop.drop_guard() })) })
@@ -218,7 +228,8 @@ impl Protection {
     /// # Errors
     ///
     /// Strict mode only: the [`ProtectionError`] that kept the task from being protected.
-    /// [`ProtectionError::ShutDown`] after [`shutdown`](Self::shutdown), in either mode.
+    /// In either mode: [`ProtectionError::ShutDown`] after [`shutdown`](Self::shutdown), and
+    /// [`ProtectionError::Paused`] while the bounded hold (`max_hold`) takes no new work.
     pub async fn hold(&self) -> Result<ProtectionGuard, ProtectionError> {
         let Some(inner) = &self.inner else {
             return Ok(ProtectionGuard { protection: None });
@@ -228,6 +239,9 @@ impl Protection {
             let mut local = shared.local();
             if local.shutdown {
                 return Err(ProtectionError::ShutDown);
+            }
+            if local.paused {
+                return Err(ProtectionError::Paused);
             }
             let was_busy = local.in_flight > 0;
             local.in_flight += 1;
@@ -245,6 +259,9 @@ impl Protection {
             let snapshot = snapshots.borrow_and_update().clone();
             if snapshot.shut_down {
                 return Err(ProtectionError::ShutDown);
+            }
+            if snapshot.withdrawn {
+                return Err(ProtectionError::Paused);
             }
             let served = snapshot.served >= request;
             if snapshot.protected() && (trust_snapshot || served) {
@@ -274,7 +291,9 @@ impl Protection {
     /// # Errors
     ///
     /// The [`ProtectionError`] ECS answered, in either mode (the caller asked explicitly);
-    /// [`ProtectionError::ShutDown`] after [`shutdown`](Self::shutdown).
+    /// [`ProtectionError::ShutDown`] after [`shutdown`](Self::shutdown);
+    /// [`ProtectionError::Paused`] once the bounded hold has withdrawn protection for its
+    /// opening (the bounded hold outranks an extension).
     pub async fn extend(&self, at_least: Duration) -> Result<(), ProtectionError> {
         let Some(inner) = &self.inner else { return Ok(()) };
         let shared = &inner.shared;
@@ -284,6 +303,9 @@ impl Protection {
             let mut local = shared.local();
             if local.shutdown {
                 return Err(ProtectionError::ShutDown);
+            }
+            if local.withdrawn {
+                return Err(ProtectionError::Paused);
             }
             let until = shared.clock.now() + at_least.as_millis() as Ms;
             local.extend_until = local.extend_until.max(Some(until));
@@ -295,6 +317,9 @@ impl Protection {
             let snapshot = snapshots.borrow_and_update().clone();
             if snapshot.shut_down {
                 return Err(ProtectionError::ShutDown);
+            }
+            if snapshot.withdrawn {
+                return Err(ProtectionError::Paused);
             }
             // A millisecond clock and the conversion to an instant may lose a little.
             let covered = snapshot.protected_until.is_some_and(|t| t + Duration::from_millis(5) >= wanted);
@@ -326,11 +351,12 @@ impl Protection {
     /// Resolves when new work may be taken. In strict mode, while the last attempt to
     /// protect the task failed, it waits, and the manager tries again with backoff; the
     /// attempt that succeeds keeps protection for the maintain window so the work can
-    /// arrive. In relaxed mode, or with protection off, it returns at once. Pollers call it
-    /// before each receive.
+    /// arrive. In relaxed mode, or with protection off, it returns at once, except during
+    /// the bounded hold's pause (either mode). Pollers call it before each receive.
     pub async fn ready_for_work(&self) {
         let Some(inner) = &self.inner else { return };
         let shared = &inner.shared;
+        self.hold_open().await;
         if shared.mode == ProtectionMode::Relaxed {
             return;
         }
@@ -338,8 +364,16 @@ impl Protection {
         let mut probe = None;
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
-            if snapshot.shut_down || snapshot.error.is_none() {
+            if snapshot.shut_down || (snapshot.error.is_none() && !snapshot.paused) {
                 return;
+            }
+            if snapshot.paused {
+                // The bounded hold began meanwhile: it has its own way out.
+                drop(probe.take());
+                if snapshots.changed().await.is_err() {
+                    return;
+                }
+                continue;
             }
             if probe.is_none() {
                 shared.local().probers += 1;
@@ -355,12 +389,30 @@ impl Protection {
         }
     }
 
-    /// Counts messages handed back unstarted because protection was refused (strict mode),
-    /// for the one line logged when protection is back.
-    pub(crate) fn note_released(&self, messages: usize) {
+    /// Counts messages handed back unstarted because protection was refused (strict mode)
+    /// or the bounded hold paused, for the one line logged when work resumes.
+    pub(crate) fn note_released(&self, error: &ProtectionError, messages: usize) {
         if let Some(inner) = &self.inner {
-            inner.shared.refusal.released(messages as u64);
+            match error {
+                ProtectionError::Paused => {
+                    inner.shared.hold_released.fetch_add(messages as u64, Ordering::SeqCst);
+                }
+                _ => inner.shared.refusal.released(messages as u64),
+            }
         }
+    }
+
+    /// Whether the bounded hold takes no new work now.
+    pub(crate) fn hold_paused(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.shared.snapshot.borrow().paused)
+    }
+
+    /// Resolves once the bounded hold takes work (at once when it does, or when there is
+    /// none), or when the manager shuts down.
+    pub(crate) async fn hold_open(&self) {
+        let Some(inner) = &self.inner else { return };
+        let mut snapshots = inner.shared.snapshot.clone();
+        let _ = snapshots.wait_for(|s| !s.paused || s.shut_down).await;
     }
 
     /// Reads ECS's own view of the task's protection (`GET` on the agent endpoint,

@@ -12,6 +12,7 @@ mod backend;
 mod config;
 mod coordination;
 mod driver;
+mod hold;
 mod ledger;
 mod manager;
 mod shared;

@@ -27,6 +27,8 @@ pub(super) struct Shared {
     pub(super) public: watch::Receiver<ProtectionState>,
     /// What happened while protection was refused, for the one log line at the end of it.
     pub(super) refusal: RefusalTally,
+    /// Messages handed back unstarted during the bounded hold's current pause.
+    pub(super) hold_released: AtomicU64,
 }
 
 /// This process's demand.
@@ -41,6 +43,10 @@ pub(super) struct Local {
     pub(super) releasing: bool,
     /// The last pass that reached the shared state had this process busy.
     pub(super) synced_busy: bool,
+    /// The bounded hold takes no new work (set by the driver).
+    pub(super) paused: bool,
+    /// The bounded hold wants no protection, whatever the demand (set by the driver).
+    pub(super) withdrawn: bool,
 }
 
 /// What the driver knows after its last pass.
@@ -50,6 +56,10 @@ pub(super) struct Snapshot {
     pub(super) error: Option<ProtectionError>,
     pub(super) served: u64,
     pub(super) shut_down: bool,
+    /// The bounded hold takes no new work.
+    pub(super) paused: bool,
+    /// The bounded hold has withdrawn this process's demand.
+    pub(super) withdrawn: bool,
 }
 
 impl Snapshot {
@@ -133,6 +143,7 @@ impl Shared {
             snapshot,
             public,
             refusal: RefusalTally::default(),
+            hold_released: AtomicU64::new(0),
         }
     }
 

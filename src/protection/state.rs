@@ -58,6 +58,10 @@ pub enum ProtectionError {
     /// The protection manager was shut down.
     #[error("the scale-in protection manager is shut down")]
     ShutDown,
+    /// The bounded hold (`HOLDFAST_PROTECTION_MAX_HOLD`) is giving ECS an opening: no new
+    /// work is protected until it is over.
+    #[error("the bounded hold is giving ECS an opening: no new work until it is over")]
+    Paused,
 }
 
 fn detail_suffix(detail: &Option<String>) -> String {
@@ -88,6 +92,7 @@ impl ProtectionError {
             Self::Rejected { code, .. } => code,
             Self::Unavailable { .. } => "Unavailable",
             Self::ShutDown => "ShutDown",
+            Self::Paused => "Paused",
         }
     }
 

@@ -205,6 +205,10 @@ impl FakeEcs {
     pub(crate) fn describe_calls(&self) -> Vec<Call> {
         self.calls().into_iter().filter(|c| c.operation == "DescribeServices").collect()
     }
+    /// Milliseconds since the fake started, the clock of [`Call::at_ms`].
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.inner.lock().unwrap().started.elapsed().as_millis() as u64
+    }
     /// Stops serving; later connections are refused.
     pub(crate) fn stop(&self) {
         self.stop.cancel();

@@ -430,3 +430,227 @@ async fn an_outage_at_the_first_protect_or_the_release_never_stops_polling() {
         protection.shutdown().await;
     }
 }
+
+fn bounded(mode: ProtectionMode, max_hold: Duration) -> ProtectionConfig {
+    ProtectionConfig {
+        max_hold: Some(max_hold),
+        hold_gap: Duration::from_secs(30),
+        hold_drain: Duration::from_secs(25),
+        ..config(mode)
+    }
+}
+
+/// What a pool of `slots` workers did: when each job started (since `start`), whether the
+/// task was protected then, and how many starts the hold refused.
+#[derive(Debug, Default)]
+struct Pool {
+    starts: std::sync::Mutex<Vec<(Duration, bool)>>,
+    refused: std::sync::atomic::AtomicUsize,
+}
+
+/// Runs `slots` loops that wait for work, hold protection and run jobs of `job`, as the
+/// poller and the message tasks do, until the pool task is aborted.
+fn run_pool(
+    protection: &Protection,
+    slots: usize,
+    job: Duration,
+    start: Instant,
+) -> (Arc<Pool>, Vec<tokio::task::JoinHandle<()>>) {
+    let pool = Arc::new(Pool::default());
+    let tasks = (0..slots)
+        .map(|_| {
+            let (protection, pool) = (protection.clone(), pool.clone());
+            tokio::spawn(async move {
+                loop {
+                    protection.ready_for_work().await;
+                    match protection.hold().await {
+                        Ok(guard) => {
+                            pool.starts.lock().unwrap().push((start.elapsed(), protection.state().is_protected()));
+                            sleep(job).await;
+                            drop(guard);
+                        }
+                        Err(ProtectionError::Paused) => {
+                            pool.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(ProtectionError::ShutDown) => return,
+                        Err(_) => sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            })
+        })
+        .collect();
+    (pool, tasks)
+}
+
+fn call_times(backend: &Scripted, start: Instant) -> Vec<(Call, u64)> {
+    backend.calls.lock().unwrap().iter().map(|(c, t)| (c.clone(), (*t - start).as_millis() as u64)).collect()
+}
+
+/// Continuous work, 10 s jobs on four slots: after ten minutes protected the worker takes
+/// no new work, the jobs in flight finish, protection is released, nothing starts for the
+/// 30 s gap, then work resumes under a new protection, and ten minutes later the same again.
+/// In both modes.
+#[tokio::test(start_paused = true)]
+async fn the_bounded_hold_opens_the_task_on_schedule_then_resumes() {
+    for mode in [ProtectionMode::Strict, ProtectionMode::Relaxed] {
+        let (protection, backend) = start(&bounded(mode, 10 * MIN));
+        let start = Instant::now();
+        // staggered, so the jobs in flight end at different times
+        let mut tasks = Vec::new();
+        let mut pools = Vec::new();
+        for i in 0..4 {
+            let (pool, t) = run_pool(&protection, 1, Duration::from_secs(10), start);
+            pools.push(pool);
+            tasks.extend(t);
+            sleep(Duration::from_millis(2_500 + i)).await;
+        }
+        sleep(25 * MIN - Duration::from_secs(10)).await;
+        let calls = call_times(&backend, start);
+        let kinds: Vec<&Call> = calls.iter().map(|(c, _)| c).collect();
+        assert_eq!(
+            kinds,
+            [&Call::Protect(60), &Call::Release, &Call::Protect(60), &Call::Release, &Call::Protect(60)],
+            "{mode:?}: {calls:?}"
+        );
+        let (protect, release, again) = (calls[0].1, calls[1].1, calls[2].1);
+        assert_eq!(protect, 0);
+        // paused at 600 s; the four jobs in flight end within 10 s
+        assert!((600_000..=610_000).contains(&release), "{mode:?}: released at {release} ms");
+        assert_eq!(again - release, 30_000, "{mode:?}: unprotected for exactly the gap");
+        let next_release = calls[3].1;
+        assert!((again + 600_000..=again + 610_000).contains(&next_release), "{mode:?}: {calls:?}");
+        let starts: Vec<(Duration, bool)> = pools.iter().flat_map(|p| p.starts.lock().unwrap().clone()).collect();
+        assert!(starts.iter().all(|(_, protected)| *protected), "{mode:?}: a job started unprotected");
+        // A job that starts at the very instant the pause is due came first.
+        let in_opening = |at: &Duration| {
+            let ms = at.as_millis() as u64;
+            (600_001..again).contains(&ms) || (again + 600_001..calls[4].1).contains(&ms)
+        };
+        let opened: Vec<_> = starts.iter().filter(|(at, _)| in_opening(at)).collect();
+        assert!(opened.is_empty(), "{mode:?}: jobs started during the opening: {opened:?}; {calls:?}");
+        // about 4 slots x 1500 s / 10 s, less the two pauses
+        assert!(starts.len() > 500, "{mode:?}: {} jobs", starts.len());
+        for t in tasks {
+            t.abort();
+        }
+        protection.shutdown().await;
+    }
+}
+
+/// Work that outlives the drain bound does not hold the opening back: protection is released
+/// at the bound anyway, and re-taken at the end of the gap for the work still running.
+#[tokio::test(start_paused = true)]
+async fn work_outliving_the_drain_bound_is_released_anyway() {
+    let (protection, backend) = start(&bounded(ProtectionMode::Strict, 2 * MIN));
+    let start = Instant::now();
+    let long = protection.hold().await.unwrap();
+    sleep(2 * MIN + Duration::from_secs(1)).await;
+    assert!(protection.hold_paused());
+    assert_eq!(protection.hold().await.unwrap_err(), ProtectionError::Paused, "no new work while paused");
+    assert_eq!(
+        protection.extend(Duration::from_secs(3600)).await,
+        Ok(()),
+        "still protected while draining: an extension is kept"
+    );
+    sleep(Duration::from_secs(25)).await;
+    assert_eq!(protection.extend(MIN).await, Err(ProtectionError::Paused), "the hold outranks an extension");
+    sleep(Duration::from_secs(40)).await;
+    let calls = call_times(&backend, start);
+    let kinds: Vec<&Call> = calls.iter().map(|(c, _)| c).collect();
+    assert_eq!(kinds, [&Call::Protect(60), &Call::Protect(60), &Call::Release, &Call::Protect(60)], "{calls:?}");
+    assert_eq!(calls[2].1, 145_000, "released at the drain bound although the job runs");
+    assert_eq!(calls[3].1, 175_000, "protected again at the end of the gap, for the job still running");
+    assert!(!protection.hold_paused());
+    drop(long);
+    protection.shutdown().await;
+}
+
+/// The agent fails (500, connection refused) at the hold's release or at the protection
+/// after the gap: polling resumes all the same, on a schedule.
+#[tokio::test(start_paused = true)]
+async fn a_failing_agent_at_the_release_or_the_reprotect_still_resumes_polling() {
+    let kinds = [
+        ("500 ServerException", ProtectionError::from_code(Some(500), Some("ServerException"), Some("internal"))),
+        ("connection refused", ProtectionError::Unavailable { message: "connection refused".into() }),
+    ];
+    for (kind, error) in kinds {
+        // The release fails for good: the hold gives up after the drain bound and the gap.
+        let (protection, backend) = start(&bounded(ProtectionMode::Strict, 2 * MIN));
+        drop(protection.hold().await.unwrap());
+        let keep = protection.hold().await.unwrap();
+        backend.fail_always(Some(error.clone()));
+        sleep(2 * MIN + Duration::from_secs(1)).await;
+        drop(keep); // drained at once
+        assert!(protection.hold_paused(), "{kind}");
+        let waited = ready_within(&protection, 10 * MIN).await;
+        assert!(
+            waited.is_some_and(|w| w <= Duration::from_secs(56)),
+            "{kind}: the release kept failing and polling waited {waited:?}"
+        );
+        assert!(backend.calls().iter().filter(|c| **c == Call::Release).count() >= 2, "{kind}: retried");
+        backend.fail_always(None);
+        assert!(protection.hold().await.is_ok(), "{kind}: work again");
+        protection.shutdown().await;
+
+        // The release fails once, then succeeds: the gap follows it.
+        let (protection, backend) = start(&bounded(ProtectionMode::Strict, 2 * MIN));
+        let start_at = Instant::now();
+        drop(protection.hold().await.unwrap());
+        let keep = protection.hold().await.unwrap();
+        sleep(2 * MIN + Duration::from_secs(1)).await;
+        backend.push(Err(error.clone()));
+        drop(keep);
+        sleep(Duration::from_secs(60)).await;
+        let calls = call_times(&backend, start_at);
+        assert_eq!(calls.iter().filter(|(c, _)| *c == Call::Release).count(), 2, "{kind}: {calls:?}");
+        assert!(ready_within(&protection, Duration::ZERO).await.is_some(), "{kind}: resumed after the gap");
+        protection.shutdown().await;
+
+        // The protection after the gap fails: strict mode waits for it, and resumes when the
+        // agent answers again.
+        let (protection, backend) = start(&bounded(ProtectionMode::Strict, 2 * MIN));
+        drop(protection.hold().await.unwrap());
+        let keep = protection.hold().await.unwrap();
+        sleep(2 * MIN + Duration::from_secs(1)).await;
+        drop(keep);
+        sleep(Duration::from_secs(5)).await;
+        assert_eq!(backend.calls().last(), Some(&Call::Release), "{kind}: released for the gap");
+        backend.fail_always(Some(error.clone()));
+        sleep(Duration::from_secs(30)).await; // the gap ends
+        assert!(protection.hold().await.is_err(), "{kind}: strict refuses while the agent fails");
+        let poller = tokio::spawn({
+            let protection = protection.clone();
+            async move { ready_within(&protection, Duration::from_secs(3600)).await }
+        });
+        sleep(Duration::from_secs(8)).await;
+        backend.fail_always(None);
+        let recovered = Instant::now();
+        assert!(poller.await.unwrap().is_some(), "{kind}: stalled after the gap; {:?}", backend.calls());
+        assert!(recovered.elapsed() <= after_recovery(&error), "{kind}: {:?}", recovered.elapsed());
+        assert!(protection.hold().await.is_ok(), "{kind}: protected again");
+        protection.shutdown().await;
+    }
+}
+
+/// Shutdown during each phase of the hold: the task is released (when it still is protected),
+/// waits end, the manager stops.
+#[tokio::test(start_paused = true)]
+async fn shutdown_during_the_hold_releases_and_ends_every_wait() {
+    for (phase, at) in [("draining", Duration::from_secs(5)), ("gap", Duration::from_secs(40))] {
+        let (protection, backend) = start(&bounded(ProtectionMode::Strict, 2 * MIN));
+        let long = protection.hold().await.unwrap();
+        sleep(2 * MIN + at).await;
+        assert!(protection.hold_paused(), "{phase}");
+        let waiting = tokio::spawn({
+            let protection = protection.clone();
+            async move { protection.ready_for_work().await }
+        });
+        protection.shutdown().await;
+        tokio::time::timeout(Duration::from_secs(1), waiting).await.expect(phase).unwrap();
+        assert_eq!(backend.calls().last(), Some(&Call::Release), "{phase}: {:?}", backend.calls());
+        assert_eq!(backend.calls().iter().filter(|c| **c == Call::Release).count(), 1, "{phase}: released once");
+        assert_eq!(protection.hold().await.unwrap_err(), ProtectionError::ShutDown);
+        drop(long);
+    }
+}
