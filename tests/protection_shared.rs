@@ -85,8 +85,12 @@ async fn start_holder(fake: &FakeEcs, dir: &Path) -> Child {
     child
 }
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..400 {
+async fn eventually(what: &str, check: impl FnMut() -> bool) {
+    eventually_within(Duration::from_secs(10), what, check).await;
+}
+
+async fn eventually_within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..limit.as_millis() / 25 {
         if check() {
             return;
         }
@@ -145,10 +149,40 @@ async fn a_hung_process_is_dropped_after_its_lease_ttl() {
     assert!(status.success());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(fake.is_protected(), "within the lease TTL it still counts");
-    eventually("released once the lease expired", || !fake.is_protected()).await;
+    // Stopped between two renewals, or while it held the state lock: then the lock is broken
+    // after its patience (12 s) first.
+    eventually_within(Duration::from_secs(30), "released once the lease expired", || !fake.is_protected()).await;
     assert_eq!(holders(&dir.0), 1);
     child.kill().await.unwrap();
     protection.shutdown().await;
     let updates: Vec<Option<bool>> = fake.updates().iter().map(|c| c.enabled).collect();
     assert_eq!(updates, vec![Some(true), Some(false)]);
+}
+
+/// A process that stopped (or hung) while it held `state.lock` does not stall the others for
+/// good: after the lock's patience (a call's 10 s timeout and 2 s; the lease TTL here is
+/// shorter) the lock is broken, and the task is protected and released as usual.
+#[tokio::test]
+async fn a_state_lock_kept_by_a_stuck_process_is_broken_after_its_patience() {
+    if std::env::var(ROLE).is_ok() {
+        return;
+    }
+    let fake = FakeEcs::start().await;
+    let dir = TempDir::new("stuck-lock");
+    // Another open file description: the OS lock conflicts as it would with another process.
+    let stuck = std::fs::File::create(dir.0.join("state.lock")).unwrap();
+    stuck.lock().unwrap();
+    let started = tokio::time::Instant::now();
+    let protection = Protection::from_config(&config(fake.agent_uri(), &dir.0)).await.unwrap();
+    let guard = tokio::time::timeout(Duration::from_secs(40), protection.hold())
+        .await
+        .expect("still waiting for the state lock after 40 s")
+        .unwrap();
+    assert!(fake.is_protected());
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(12), "the lock was broken after {waited:?}, before its patience");
+    drop(guard);
+    protection.shutdown().await;
+    assert!(!fake.is_protected(), "released at shutdown");
+    drop(stuck);
 }

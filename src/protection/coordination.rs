@@ -161,6 +161,47 @@ struct Holder {
     demand: Demand,
 }
 
+/// How long a process waits for `state.lock` before it takes the holder for stuck (stopped
+/// or hung: a live holder keeps it for one ECS call at most) and breaks the lock: the
+/// lease TTL, and never less than one call with its timeout and a margin.
+fn lock_patience(ttl: Duration) -> Duration {
+    ttl.max(super::backend::CALL_TIMEOUT + Duration::from_secs(2))
+}
+
+/// Locks `state.lock`, waiting at most `patience` for a holder. A holder that keeps it longer
+/// is stuck: the file is unlinked and a fresh one locked in its place (the stuck process keeps
+/// its lock on a file nobody opens any more). A lock taken on a file that was replaced
+/// meanwhile does not count; the wait starts again on the new one.
+fn lock_state(path: &Path, patience: Duration) -> io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    let identity = |path: &Path| fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+    loop {
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+        let opened = file.metadata().map(|m| (m.dev(), m.ino()))?;
+        let started = std::time::Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) if identity(path) == Some(opened) => return Ok(file),
+                Ok(()) => break,
+                Err(TryLockError::Error(e)) => return Err(e),
+                Err(TryLockError::WouldBlock) if started.elapsed() >= patience => {
+                    if identity(path) == Some(opened) {
+                        tracing::warn!(
+                            path = %path.display(),
+                            waited_s = started.elapsed().as_secs(),
+                            "the shared protection state has been locked longer than any live process holds it \
+                             (its holder is stopped or hung): breaking the lock"
+                        );
+                        let _ = fs::remove_file(path);
+                    }
+                    break;
+                }
+                Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
 /// This process's registration in a shared directory.
 pub(crate) struct SharedDir {
     dir: PathBuf,
@@ -191,14 +232,11 @@ impl SharedDir {
 
     async fn plan(&self, local: Demand, leaving: bool, timing: &Timing) -> io::Result<Plan> {
         let lock_path = self.dir.join("state.lock");
-        // Another process may hold the lock during an ECS call: wait on a blocking thread.
-        let lock = tokio::task::spawn_blocking(move || -> io::Result<File> {
-            let file = OpenOptions::new().create(true).truncate(false).write(true).open(lock_path)?;
-            file.lock()?;
-            Ok(file)
-        })
-        .await
-        .map_err(io::Error::other)??;
+        // Another process may hold the lock during an ECS call: wait on a blocking thread,
+        // for a bounded time.
+        let patience = lock_patience(self.ttl);
+        let lock =
+            tokio::task::spawn_blocking(move || lock_state(&lock_path, patience)).await.map_err(io::Error::other)??;
         let mut state = self.read();
         let now = Clock::Wall.now();
         if leaving {
