@@ -1,13 +1,19 @@
 # Functions to build and run holdfast-sqs-server (the workspace's local SQS server) on a free
 # loopback port. Source this file; it defines sqs_server_start and sqs_server_stop.
 # sqs_server_start exports HOLDFAST_SQS_SERVER_ENDPOINT; pass `--as-test-server` to also point
-# HOLDFAST_TEST_SQS_ENDPOINT (the integration tests' server) at it.
+# HOLDFAST_TEST_SQS_ENDPOINT (the integration tests' server) at it. With SQS_SERVER_BIN set
+# (a binary the caller built, e.g. a release one for a benchmark), that binary runs instead of
+# a debug build.
 
 sqs_server_start() {
-    cargo build --locked --quiet -p holdfast-sqs-server
+    local bin="${SQS_SERVER_BIN:-}"
+    if [ -z "$bin" ]; then
+        cargo build --locked --quiet -p holdfast-sqs-server
+        bin=target/debug/holdfast-sqs-server
+    fi
     mkdir -p target
     local log=target/holdfast-sqs-server.log
-    target/debug/holdfast-sqs-server --host 127.0.0.1 --port 0 >"$log" 2>&1 &
+    "$bin" --host 127.0.0.1 --port 0 >"$log" 2>&1 &
     SQS_SERVER_PID=$!
     local endpoint=""
     for _ in $(seq 1 100); do

@@ -38,3 +38,7 @@ echo "== cargo test behaviour + delivery (SQS server: holdfast-sqs-server at $HO
 cargo test --locked --test behaviour --test delivery -- --test-threads 8 sqs::
 sqs_server_stop
 scripts/check-sqs-clients.sh
+# The peer benchmark's short run (debug builds, a few hundred messages, about a minute): each
+# consumer must drain its queue and a busy SIGTERM must lose nothing; no timing is asserted.
+echo "== scripts/bench-peers.sh --smoke"
+scripts/bench-peers.sh --smoke

@@ -17,19 +17,21 @@ mod error;
 mod input;
 mod messages;
 mod queues;
+mod stats;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use error::{ApiError, SERIALIZATION, UNKNOWN_OPERATION, UNSUPPORTED_OPERATION};
 use input::Input;
 use queues::Registry;
+use stats::Stats;
 
 /// The largest request body read: ten 1 MiB messages, JSON-escaped.
 const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
@@ -76,6 +78,7 @@ pub struct SqsServer {
 struct Shared {
     registry: Registry,
     requests: AtomicU64,
+    stats: Stats,
 }
 
 /// A queue name the server refused.
@@ -97,6 +100,7 @@ impl SqsServer {
             shared: Arc::new(Shared {
                 registry: Registry::new(options.region, options.account),
                 requests: AtomicU64::new(0),
+                stats: Stats::new(),
             }),
         }
     }
@@ -115,8 +119,9 @@ impl SqsServer {
         Ok(registry.url("", name))
     }
 
-    /// The HTTP service: every path answers; `POST` carries SQS calls, `GET` says what
-    /// this is.
+    /// The HTTP service: every path answers; `POST` carries SQS calls, `GET /__stats` gives
+    /// the requests counted by action and each queue's message count (JSON), any other `GET`
+    /// says what this is.
     pub fn router(&self) -> axum::Router {
         axum::Router::new()
             .fallback(handle)
@@ -135,12 +140,19 @@ impl SqsServer {
     }
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, method: Method, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let n = shared.requests.fetch_add(1, Ordering::Relaxed);
     let request_id = format!("00000000-0000-4000-8000-{n:012x}");
     let mut response = if method == Method::POST {
         let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok());
         let action = target.and_then(|t| t.strip_prefix("AmazonSQS.")).unwrap_or_default();
+        shared.stats.count(action);
         let answer = match target {
             None if is_query_protocol(&headers, &body) => Err(ApiError::new(
                 UNKNOWN_OPERATION,
@@ -163,6 +175,8 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, headers: Head
                 r
             }
         }
+    } else if uri.path() == "/__stats" {
+        json_response(StatusCode::OK, &shared.stats.to_json(shared.registry.depths()))
     } else {
         (StatusCode::OK, "holdfast-sqs-server: POST SQS calls (AWS JSON 1.0) here\n").into_response()
     };

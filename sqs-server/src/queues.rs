@@ -229,6 +229,14 @@ impl Registry {
         self.queues.read().expect("registry poisoned").keys().filter(|n| n.starts_with(prefix)).cloned().collect()
     }
 
+    /// `{NAME: {"messages": N}}` for every queue: messages held, visible, in flight or
+    /// delayed (a count kept by the queue, not a scan: cheap to ask for often).
+    pub(crate) fn depths(&self) -> Value {
+        let queues = self.queues.read().expect("registry poisoned");
+        let depths = queues.iter().map(|(name, e)| (name.clone(), json!({"messages": e.queue.len()})));
+        Value::Object(depths.collect())
+    }
+
     /// Validates every attribute, then applies them all (none when one is invalid).
     pub(crate) fn apply(&self, entry: &Entry, given: &[(&str, &str)]) -> Result<(), ApiError> {
         let mut redrive = None;

@@ -741,3 +741,19 @@ async fn connections_are_kept_alive() {
         assert!(!text.to_ascii_lowercase().contains("connection: close"), "{text}");
     }
 }
+
+#[tokio::test]
+async fn stats_count_requests_by_action_and_messages_by_queue() {
+    let r = rig().await;
+    let url = r.queue("counted", &[]).await;
+    r.send(&url, "one").await;
+    r.send(&url, "two").await;
+    r.receive(&url, 1).await;
+    let stats: serde_json::Value = reqwest::get(format!("{}/__stats", r.endpoint)).await.unwrap().json().await.unwrap();
+    assert_eq!(stats["requests"], serde_json::json!({"CreateQueue": 1, "SendMessage": 2, "ReceiveMessage": 1}));
+    assert_eq!(stats["total"], 4);
+    assert_eq!(stats["queues"]["counted"]["messages"], 2, "in flight or visible, both held");
+    // Not a request to SQS: asking does not count.
+    let again: serde_json::Value = reqwest::get(format!("{}/__stats", r.endpoint)).await.unwrap().json().await.unwrap();
+    assert_eq!(again["total"], 4);
+}
