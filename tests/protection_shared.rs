@@ -4,6 +4,8 @@
 
 #[path = "support/fake_ecs.rs"]
 mod fake_ecs;
+#[path = "support/shared_dir.rs"]
+mod shared_dir;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use fake_ecs::FakeEcs;
 use holdfast::{Protection, ProtectionBackend, ProtectionConfig, ProtectionMode};
+use shared_dir::{TempDir, eventually, eventually_within};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -43,23 +46,6 @@ async fn shared_dir_child() {
     tokio::time::sleep(Duration::from_secs(60)).await;
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let path = std::env::temp_dir().join(format!("holdfast-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Starts the second process and waits until it holds protection.
 async fn start_holder(fake: &FakeEcs, dir: &Path) -> Child {
     let mut child = Command::new(std::env::current_exe().unwrap())
@@ -83,20 +69,6 @@ async fn start_holder(fake: &FakeEcs, dir: &Path) -> Child {
     });
     holding.await.expect("the holder process holds protection within 30 s");
     child
-}
-
-async fn eventually(what: &str, check: impl FnMut() -> bool) {
-    eventually_within(Duration::from_secs(10), what, check).await;
-}
-
-async fn eventually_within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..limit.as_millis() / 25 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 fn holders(dir: &Path) -> usize {

@@ -5,39 +5,14 @@
 
 #[path = "support/fake_ecs.rs"]
 mod fake_ecs;
+#[path = "support/shared_dir.rs"]
+mod shared_dir;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use fake_ecs::FakeEcs;
 use holdfast::{Protection, ProtectionBackend, ProtectionConfig, ProtectionMode};
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let path = std::env::temp_dir().join(format!("holdfast-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
+use shared_dir::{TempDir, eventually};
 
 /// Two processes of one task, each always busy, with the same bounded hold: both pause, the
 /// task is released once both have withdrawn, stays unprotected for the gap, and both take
