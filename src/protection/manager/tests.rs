@@ -325,6 +325,19 @@ async fn ready_within(protection: &Protection, limit: Duration) -> Option<Durati
     tokio::time::timeout(limit, protection.ready_for_work()).await.ok().map(|()| start.elapsed())
 }
 
+/// A poller asks for work now, while `backend` fails; ECS answers again after `outage`. How
+/// long after that the poller got work, or `None` when it never did (within an hour).
+async fn ready_after_recovery(protection: &Protection, backend: &Scripted, outage: Duration) -> Option<Duration> {
+    let poller = tokio::spawn({
+        let protection = protection.clone();
+        async move { ready_within(&protection, Duration::from_secs(3600)).await }
+    });
+    sleep(outage).await;
+    backend.fail_always(None);
+    let recovered = Instant::now();
+    poller.await.unwrap().map(|_| recovered.elapsed())
+}
+
 /// The longest a poller may wait after ECS recovers, by kind: the backoff step the failures
 /// of an 8 s outage lead to, plus a second. Outages and throttling double from 1 s and 2 s
 /// (with jitter between half and all of it), so at most four tries fit in the outage and the
@@ -356,24 +369,14 @@ async fn an_outage_at_a_refresh_never_stops_polling_for_good() {
         sleep(Duration::from_secs(4)).await; // the refresh at 5 s fails
         assert!(backend.calls().len() >= 2, "{kind}: the refresh was attempted");
         drop(guard); // the work ends during the outage
-        // the poller asks for work while ECS still fails
-        let poller = tokio::spawn({
-            let protection = protection.clone();
-            async move { ready_within(&protection, Duration::from_secs(3600)).await }
-        });
-        sleep(Duration::from_secs(4)).await;
-        backend.fail_always(None); // ECS answers again, 8 s after the outage began
-        let recovered = Instant::now();
-        let waited = poller.await.unwrap();
+        // the poller asks for work while ECS still fails; ECS answers again 8 s after the
+        // outage began
+        let Some(waited) = ready_after_recovery(&protection, &backend, Duration::from_secs(4)).await else {
+            panic!("{kind}, maintain {maintain_s}s: the poller never got work again; calls {:?}", backend.calls());
+        };
         assert!(
-            waited.is_some(),
-            "{kind}, maintain {maintain_s}s: the poller never got work again; calls {:?}",
-            backend.calls()
-        );
-        assert!(
-            recovered.elapsed() <= after_recovery(&error),
-            "{kind}, maintain {maintain_s}s: polling resumed {:?} after ECS recovered",
-            recovered.elapsed()
+            waited <= after_recovery(&error),
+            "{kind}, maintain {maintain_s}s: polling resumed {waited:?} after ECS recovered"
         );
         assert!(protection.hold().await.is_ok(), "{kind}: new work is protected");
         protection.shutdown().await;
@@ -389,15 +392,10 @@ async fn an_outage_at_the_first_protect_or_the_release_never_stops_polling() {
         let (protection, backend) = start(&config(ProtectionMode::Strict));
         backend.fail_always(Some(error.clone()));
         assert!(protection.hold().await.is_err(), "{kind}: strict refuses the first message");
-        let poller = tokio::spawn({
-            let protection = protection.clone();
-            async move { ready_within(&protection, Duration::from_secs(3600)).await }
-        });
-        sleep(Duration::from_secs(8)).await;
-        backend.fail_always(None);
-        let recovered = Instant::now();
-        assert!(poller.await.unwrap().is_some(), "{kind} at the first protect: stalled; {:?}", backend.calls());
-        assert!(recovered.elapsed() <= after_recovery(&error), "{kind}: {:?}", recovered.elapsed());
+        let Some(waited) = ready_after_recovery(&protection, &backend, Duration::from_secs(8)).await else {
+            panic!("{kind} at the first protect: stalled; {:?}", backend.calls());
+        };
+        assert!(waited <= after_recovery(&error), "{kind}: {waited:?}");
         protection.shutdown().await;
 
         // release: the maintain window ends during the outage
@@ -619,15 +617,10 @@ async fn a_failing_agent_at_the_release_or_the_reprotect_still_resumes_polling()
         backend.fail_always(Some(error.clone()));
         sleep(Duration::from_secs(30)).await; // the gap ends
         assert!(protection.hold().await.is_err(), "{kind}: strict refuses while the agent fails");
-        let poller = tokio::spawn({
-            let protection = protection.clone();
-            async move { ready_within(&protection, Duration::from_secs(3600)).await }
-        });
-        sleep(Duration::from_secs(8)).await;
-        backend.fail_always(None);
-        let recovered = Instant::now();
-        assert!(poller.await.unwrap().is_some(), "{kind}: stalled after the gap; {:?}", backend.calls());
-        assert!(recovered.elapsed() <= after_recovery(&error), "{kind}: {:?}", recovered.elapsed());
+        let Some(waited) = ready_after_recovery(&protection, &backend, Duration::from_secs(8)).await else {
+            panic!("{kind}: stalled after the gap; {:?}", backend.calls());
+        };
+        assert!(waited <= after_recovery(&error), "{kind}: {waited:?}");
         assert!(protection.hold().await.is_ok(), "{kind}: protected again");
         protection.shutdown().await;
     }
