@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, Calls, Options, TestQueue, eventually, start};
-use holdfast::{BoxError, Outcome, OutgoingMessage, ShutdownReceive, Worker, handler_fn};
+use holdfast::{BoxError, Config, Outcome, OutgoingMessage, ShutdownReceive, Worker, handler_fn};
 use tokio::time::Instant;
 
 fn recording(calls: &Calls) -> impl holdfast::Handler {
@@ -96,19 +96,25 @@ async fn a_fifo_group_is_not_held_by_a_stopped_worker(backend: Backend) {
     assert_eq!(bodies, ["g1", "g2"]);
 }
 
-/// By default an idle worker's shutdown waits for the receive in flight: up to the rest of
-/// the wait time, no longer.
-async fn idle_shutdown_waits_out_the_receive_in_flight(backend: Backend) {
-    let q = TestQueue::new(backend, "idle-wait", Options::default()).await;
-    let mut config = q.config();
-    config.wait_time = Duration::from_secs(3);
+/// Starts an idle worker, stops it 0.5 s into its first receive, and says how long `run`
+/// took to return after the stop.
+async fn idle_stop(q: &TestQueue, config: Config) -> Duration {
     let calls = Calls::default();
     let (run, stop) = start(Worker::new(config).queue(q.queue.clone()).handler(recording(&calls)));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stopped_at = Instant::now();
     stop.notify_one();
     run.await.unwrap().unwrap();
-    let took = stopped_at.elapsed();
+    stopped_at.elapsed()
+}
+
+/// By default an idle worker's shutdown waits for the receive in flight: up to the rest of
+/// the wait time, no longer.
+async fn idle_shutdown_waits_out_the_receive_in_flight(backend: Backend) {
+    let q = TestQueue::new(backend, "idle-wait", Options::default()).await;
+    let mut config = q.config();
+    config.wait_time = Duration::from_secs(3);
+    let took = idle_stop(&q, config).await;
     assert!(took >= Duration::from_millis(1500), "returned after {took:?}: the receive was dropped");
     assert!(took < Duration::from_secs(6), "returned after {took:?}: longer than the 3 s wait time");
 }
@@ -119,13 +125,7 @@ async fn a_receive_limit_bounds_the_wait(backend: Backend) {
     let mut config = q.config();
     config.wait_time = Duration::from_secs(10);
     config.shutdown_receive = ShutdownReceive::UpTo(Duration::from_secs(1));
-    let calls = Calls::default();
-    let (run, stop) = start(Worker::new(config).queue(q.queue.clone()).handler(recording(&calls)));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let stopped_at = Instant::now();
-    stop.notify_one();
-    run.await.unwrap().unwrap();
-    let took = stopped_at.elapsed();
+    let took = idle_stop(&q, config).await;
     assert!(took >= Duration::from_millis(900), "returned after {took:?}, before the 1 s limit");
     assert!(took < Duration::from_secs(5), "returned after {took:?}, well past the 1 s limit");
 }
