@@ -272,7 +272,11 @@ impl Captured {
             .with_ansi(false)
             .with_writer(move || writer.clone())
             .finish();
-        tracing::subscriber::set_default(subscriber)
+        let guard = tracing::subscriber::set_default(subscriber);
+        // Tests on other threads may have cached a callsite's interest before this
+        // subscriber existed (as "never", with no subscriber there): recompute it.
+        tracing::callsite::rebuild_interest_cache();
+        guard
     }
 
     fn warnings(&self) -> Vec<String> {
