@@ -2,37 +2,16 @@
 //! happened (and none while idle), one line per message at debug level with its id, outcome
 //! and duration, and never a message body.
 
-use std::io::Write;
+#[path = "support/log_capture.rs"]
+mod log_capture;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use holdfast::{BoxError, Config, MemoryQueue, Outcome, OutgoingMessage, Queue, Worker, handler_fn};
+use log_capture::Capture;
 use tokio::sync::Notify;
-
-/// Everything the subscriber wrote.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-
-    fn lines_with(&self, text: &str) -> Vec<String> {
-        self.text().lines().filter(|l| l.contains(text)).map(str::to_owned).collect()
-    }
-}
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use tracing::level_filters::LevelFilter;
 
 /// The value of `name=N` in a text log line.
 fn field(line: &str, name: &str) -> u64 {
@@ -47,14 +26,8 @@ const INTERVAL: Duration = Duration::from_millis(200);
 // subscriber set for it.
 #[tokio::test]
 async fn progress_at_info_per_message_lines_at_debug_and_no_bodies() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_env_filter("holdfast=debug")
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    let logs = Capture::new(LevelFilter::DEBUG).only("holdfast");
+    let _capturing = logs.install();
 
     let memory = MemoryQueue::new("logs");
     let queue = Queue::memory(&memory);
@@ -131,4 +104,21 @@ async fn progress_at_info_per_message_lines_at_debug_and_no_bodies() {
 
     let text = logs.text();
     assert!(!text.contains("secret-body"), "a message body reached the logs:\n{text}");
+}
+
+fn reached_first_elsewhere() {
+    tracing::warn!("a line whose callsite another thread reached first");
+}
+
+/// The capture the log tests rely on sees a line even when a test on another thread (with
+/// nothing capturing there) reached its callsite first, as parallel tests do. (With a
+/// per-thread subscriber from `set_default`, tracing cached that callsite as uninteresting
+/// and the line was lost.)
+#[test]
+fn a_capture_sees_lines_whose_callsite_another_thread_reached_first() {
+    let logs = Capture::new(LevelFilter::INFO);
+    let _capturing = logs.install();
+    std::thread::spawn(reached_first_elsewhere).join().unwrap();
+    reached_first_elsewhere();
+    assert_eq!(logs.lines_with("another thread reached first").len(), 1, "{}", logs.text());
 }

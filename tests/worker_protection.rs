@@ -3,6 +3,8 @@
 
 #[path = "support/fake_ecs.rs"]
 mod fake_ecs;
+#[path = "support/log_capture.rs"]
+mod log_capture;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +15,9 @@ use holdfast::{
     BoxError, Config, MemoryQueue, Outcome, OutgoingMessage, Protection, ProtectionBackend, ProtectionMode, Queue,
     Summary, Worker, handler_fn,
 };
+use log_capture::Capture;
 use tokio::sync::Notify;
+use tracing::level_filters::LevelFilter;
 
 fn config(fake: &FakeEcs, mode: ProtectionMode, maintain: Duration) -> Config {
     let mut c = Config::default();
@@ -249,49 +253,13 @@ async fn protection_off_calls_nothing() {
     assert!(fake.calls().is_empty());
 }
 
-/// Log lines written while `work` runs, on this thread (a current-thread runtime runs every
-/// task of the worker here).
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("info")
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let guard = tracing::subscriber::set_default(subscriber);
-        // Tests on other threads may have cached a callsite's interest before this
-        // subscriber existed (as "never", with no subscriber there): recompute it.
-        tracing::callsite::rebuild_interest_cache();
-        guard
-    }
-
-    fn warnings(&self) -> Vec<String> {
-        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
-        text.lines().filter(|l| l.contains(" WARN ")).map(str::to_owned).collect()
-    }
-}
-
 /// Twenty messages while ECS refuses: relaxed mode says so once when it starts working
 /// unprotected, not once per message; strict mode once when it pauses.
 #[tokio::test]
 async fn a_refusal_is_logged_once_per_state_change_not_per_message() {
     for mode in [ProtectionMode::Relaxed, ProtectionMode::Strict] {
-        let logs = Captured::default();
-        let _guard = logs.install();
+        let logs = Capture::new(LevelFilter::INFO);
+        let _capturing = logs.install();
         let fake = Arc::new(FakeEcs::start().await);
         fake.set_default(Reply::failure("DEPLOYMENT_BLOCKED"));
         let agent = fake.clone();
@@ -319,7 +287,7 @@ async fn a_refusal_is_logged_once_per_state_change_not_per_message() {
         }
         stop.notify_one();
         run.await.unwrap().unwrap();
-        let warnings = logs.warnings();
+        let warnings = logs.lines_with(" WARN ");
         assert!(
             (1..=2).contains(&warnings.len()),
             "{mode:?}: {} warnings for 20 messages:\n{}",

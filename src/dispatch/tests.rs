@@ -33,18 +33,8 @@ impl QueueBackend for Recording {
     }
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+#[path = "../../tests/support/log_capture.rs"]
+mod log_capture;
 
 #[derive(Debug, serde::Deserialize)]
 #[allow(dead_code)]
@@ -60,14 +50,8 @@ const SECRET: &str = "Ada Lovelace, 12 St James's Square";
 /// handled; the two failures go to the dead-letter queue. Returns every log line, the receipt
 /// handles handed out and the dead-letter copies.
 async fn run(log_content: bool) -> (String, Vec<String>, Vec<Message>) {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("trace")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = log_capture::Capture::new(tracing::level_filters::LevelFilter::TRACE);
+    let _capturing = logs.install();
 
     let memory = MemoryQueue::new("content");
     let receipts = Arc::new(Mutex::new(Vec::new()));
@@ -113,7 +97,7 @@ async fn run(log_content: bool) -> (String, Vec<String>, Vec<Message>) {
         .unwrap();
     // a body that does not decode is not retryable: both go to the dead-letter queue
     assert_eq!((summary.succeeded, summary.dead_lettered), (1, 2), "{summary:?}");
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     let receipts = receipts.lock().unwrap().clone();
     (text, receipts, dlq.messages())
 }
