@@ -7,7 +7,8 @@
 # with each consumer in turn (interleaved, 3 runs each) and prints medians. Takes 10-20
 # minutes; needs Python 3, Node 20+ and npm.
 #
-# Usage: scripts/bench-peers.sh [--smoke] [--messages N] [--runs R] [--out FILE.json]
+# Usage: scripts/bench-peers.sh [--smoke] [--messages N] [--runs R] [--out FILE.json] [--only SECTION]
+#   --only    noop, 50ms, rss or sigterm: one section of the benchmark (repeatable)
 #   --smoke   a few hundred messages, one run, debug builds, no timing assertion: fails only
 #             when a consumer does not drain its queue or loses a message at SIGTERM (the
 #             test suite runs it)

@@ -261,6 +261,9 @@ def interleaved(bench, label, consumers, runs, job, failures, results):
             print(f"   {label} / {key} (run {run + 1}): {shown}", flush=True)
 
 
+SECTIONS = ["noop", "50ms", "rss", "sigterm"]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("endpoint")
@@ -270,7 +273,10 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", help="write every run's figures here as JSON")
+    p.add_argument("--only", action="append", choices=SECTIONS,
+                   help="run only this section (repeatable; default: all)")
     a = p.parse_args()
+    wanted = set(a.only or SECTIONS)
     bins = {
         "bench_worker": os.path.join(a.bin_dir, "examples", "bench_worker"),
         "sqs_loop": os.path.join(a.bin_dir, "examples", "sqs_loop"),
@@ -289,22 +295,27 @@ def main():
         ("bare", 1),
         ("bare", 4),
     ]
-    print(f"== no-op handler, {a.messages} messages, {runs} run(s) each, interleaved", flush=True)
-    results = {}
-    interleaved(bench, "no-op", noop, runs, lambda c: bench.drain("noop", c, a.messages), failures, results)
-    report["noop"] = results
+    if "noop" in wanted:
+        print(f"== no-op handler, {a.messages} messages, {runs} run(s) each, interleaved", flush=True)
+        results = {}
+        interleaved(bench, "no-op", noop, runs, lambda c: bench.drain("noop", c, a.messages), failures, results)
+        report["noop"] = results
 
     slots = [8] if a.smoke else [1, 8, 64, 512]
-    print(f"== 50 ms handler, concurrency {slots}: holdfast and sqs-consumer batch mode", flush=True)
+    if "50ms" not in wanted:
+        slots = []
+    if slots:
+        print(f"== 50 ms handler, concurrency {slots}: holdfast and sqs-consumer batch mode", flush=True)
     results = {}
     for c in slots:
         n = 20 * c if a.smoke else 100 * c
         pair = [("holdfast", c), ("sqs-consumer", ("batch", c))]
         interleaved(bench, f"50ms c={c}", pair, runs,
                     lambda consumer, n=n: bench.drain("slow", consumer, n, 50), failures, results)
-    report["handler_50ms"] = results
+    if slots:
+        report["handler_50ms"] = results
 
-    if not a.smoke:
+    if not a.smoke and "rss" in wanted:
         print("== peak RSS with messages in flight (handlers of 120 s)", flush=True)
         results = {}
         for n in (1_000, 10_000):
@@ -313,13 +324,16 @@ def main():
                         lambda consumer, n=n: bench.in_flight_rss("rss", consumer, n), failures, results)
         report["in_flight"] = results
 
-    print("== SIGTERM -> exit (holdfast)", flush=True)
     cases = [
         ("idle, HOLDFAST_SHUTDOWN_RECEIVE=abandon", False, {"HOLDFAST_SHUTDOWN_RECEIVE": "abandon"}),
         ("busy, 100 jobs of 2 s, 0.5 s in", True, {}),
     ]
     if not a.smoke:
         cases.insert(1, ("idle, default (wait for the 20 s receive)", False, {}))
+    if "sigterm" not in wanted:
+        cases = []
+    if cases:
+        print("== SIGTERM -> exit (holdfast)", flush=True)
     results = {}
     for run in range(runs):
         for label, busy, env in cases:
@@ -331,7 +345,8 @@ def main():
                 continue
             results.setdefault(label, []).append(figures)
             print(f"   SIGTERM {label} (run {run + 1}): exit {figures['exit_s']:.3f} s", flush=True)
-    report["sigterm"] = results
+    if cases:
+        report["sigterm"] = results
 
     print("\n== medians")
     for section, table in report.items():
