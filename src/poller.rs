@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Error;
 use crate::backoff::receive_backoff;
 use crate::dispatch::Dispatcher;
-use crate::queue::{BATCH_MAX, Queue, QueueError, ReceiveRequest};
+use crate::queue::{Queue, QueueError, ReceiveRequest};
 
 pub(crate) struct Poller {
     pub(crate) queue: Queue,
@@ -21,9 +21,13 @@ pub(crate) struct Poller {
     pub(crate) intake: CancellationToken,
     pub(crate) wait_time: Duration,
     pub(crate) visibility_timeout: Duration,
-    /// How many slots one receive tries to fill: ten, or fewer when the pool is smaller.
+    /// How many slots one receive fills: the poller's part of the concurrency, ten at most.
+    /// The parts of a queue's pollers add up to its share, so each can fill its batch.
     pub(crate) batch_target: usize,
     pub(crate) batch_window: Duration,
+    /// Held by the one poller of the queue gathering slots: freed slots go to it until its
+    /// batch is full, not a few to each poller, which would each wait out the batch window.
+    pub(crate) gathering: Arc<Mutex<()>>,
     /// When a receive last returned messages, for exit-when-idle.
     pub(crate) activity: Arc<Activity>,
     /// How long a receive in flight at shutdown may take to finish (zero: dropped at once).
@@ -192,17 +196,27 @@ impl Poller {
         }
     }
 
-    /// Waits for one free slot, then takes every other free one, up to a receive's ten. With
-    /// a backlog, waits up to the batch window for slots that free up meanwhile, so that one
-    /// request fetches a full batch instead of several requests a message or two each.
+    /// Waits for one free slot, then takes every other free one, up to this poller's batch
+    /// (ten at most). With a backlog, waits up to the batch window for slots that free up
+    /// meanwhile, so that one request fetches a full batch instead of several requests a
+    /// message or two each. The queue's pollers gather in turn: one that has just received
+    /// waits behind the others instead of taking every slot freed meanwhile.
     async fn take_slots(&self, backlog: bool) -> Option<Vec<OwnedSemaphorePermit>> {
+        // A receive answered at once (the embedded queue) gives the other pollers no chance
+        // to queue for their turn; let them.
+        tokio::task::yield_now().await;
+        let _turn = tokio::select! {
+            biased;
+            _ = self.intake.cancelled() => return None,
+            turn = self.gathering.lock() => turn,
+        };
         let first = tokio::select! {
             biased;
             _ = self.intake.cancelled() => return None,
             permit = self.slots.clone().acquire_owned() => permit.ok()?,
         };
         let mut permits = vec![first];
-        while permits.len() < BATCH_MAX {
+        while permits.len() < self.batch_target {
             match self.slots.clone().try_acquire_owned() {
                 Ok(permit) => permits.push(permit),
                 Err(_) => break,
@@ -244,7 +258,7 @@ mod tests {
     use crate::acker::Acker;
     use crate::dispatch::Counters;
     use crate::lease::Leases;
-    use crate::queue::{Hooked, MemoryQueue, OutgoingMessage};
+    use crate::queue::{BATCH_MAX, Hooked, MemoryQueue, OutgoingMessage};
     use crate::{BoxError, Config, Outcome, handler_fn};
     use std::sync::atomic::AtomicUsize;
 
@@ -292,6 +306,7 @@ mod tests {
                 visibility_timeout: Duration::from_secs(30),
                 batch_target: slots.min(BATCH_MAX),
                 batch_window: Duration::ZERO,
+                gathering: Arc::default(),
                 activity: Arc::new(Activity::new()),
                 shutdown_receive: Duration::from_secs(25),
             };

@@ -400,7 +400,13 @@ impl Worker {
                 counters: counters.clone(),
                 telemetry,
             });
-            for _ in 0..share.div_ceil(BATCH_MAX) {
+            // The pollers' batches add up to the share (64: one of ten and six of nine). Were
+            // they to add up to more, one poller could never fill its batch: at every turn it
+            // would wait out the batch window, and the freed slots it took would sit idle.
+            let count = share.div_ceil(BATCH_MAX);
+            let gathering = Arc::new(tokio::sync::Mutex::new(()));
+            for index in 0..count {
+                let batch_target = share / count + usize::from(index < share % count);
                 let poller = Poller {
                     queue: queue.clone(),
                     slots: slots.clone(),
@@ -409,8 +415,9 @@ impl Worker {
                     intake: intake.clone(),
                     wait_time: config.wait_time,
                     visibility_timeout: config.visibility_timeout,
-                    batch_target: share.min(BATCH_MAX),
+                    batch_target,
                     batch_window: config.batch_window,
+                    gathering: gathering.clone(),
                     activity: activity.clone(),
                     shutdown_receive: config.shutdown_receive.limit(config.drain_timeout),
                 };

@@ -364,3 +364,56 @@ async fn a_missing_queue_stops_the_worker_with_a_fix() {
     let text = err.to_string();
     assert!(text.contains("does not exist") && text.contains("HOLDFAST_QUEUE_URL"), "{text}");
 }
+
+/// With a backlog and handlers that all take the same time, every slot is refilled the moment
+/// it frees: the pollers' batches add up to the concurrency and they gather slots in turn, so
+/// none of them takes another's share or waits out the batch window for a slot that another
+/// poller holds. On paused time a 50 ms handler at concurrency 64 (seven pollers) then runs
+/// ten rounds in 500 ms, each receive asking for its poller's whole batch.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn freed_slots_are_refilled_without_waiting_out_the_batch_window() {
+    for concurrency in [64, 512, 25] {
+        let memory = holdfast::MemoryQueue::new("refill");
+        let queue = holdfast::Queue::memory(&memory);
+        let rounds = 10;
+        for i in 0..concurrency * rounds {
+            queue.send(holdfast::OutgoingMessage::new(i.to_string())).await.unwrap();
+        }
+        let mut config = holdfast::Config::default();
+        config.concurrency = concurrency;
+        assert_eq!(config.batch_window, Duration::from_millis(10));
+        let started = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let begun = Instant::now();
+        let record = started.clone();
+        let worker = Worker::new(config).queue(queue.clone()).protection(holdfast::Protection::off()).handler(
+            handler_fn(move |_msg, _ctx| {
+                record.lock().unwrap().push(begun.elapsed());
+                async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, BoxError>(Outcome::Ack)
+                }
+            }),
+        );
+        let (run, stop) = start(worker);
+        while memory.visible_len() > 0 || memory.in_flight_len() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.notify_one();
+        let summary = run.await.unwrap().unwrap();
+        assert_eq!(summary.succeeded as usize, concurrency * rounds);
+        let started = started.lock().unwrap().clone();
+        let last = *started.iter().max().unwrap();
+        // Round r starts at r × 50 ms; a window waited at every turn would add 10 ms a round.
+        assert!(
+            last < Duration::from_millis(50 * rounds as u64 - 45),
+            "concurrency {concurrency}: the last of {} handlers started at {last:?}",
+            started.len()
+        );
+        let pollers = concurrency.div_ceil(10) as u64;
+        let receives = queue.request_counts().receive;
+        assert!(
+            receives <= pollers * (rounds as u64 + 2),
+            "concurrency {concurrency}: {receives} receives for {rounds} rounds of {pollers} pollers"
+        );
+    }
+}
