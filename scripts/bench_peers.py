@@ -301,18 +301,15 @@ def main():
         interleaved(bench, "no-op", noop, runs, lambda c: bench.drain("noop", c, a.messages), failures, results)
         report["noop"] = results
 
-    slots = [8] if a.smoke else [1, 8, 64, 512]
-    if "50ms" not in wanted:
-        slots = []
-    if slots:
+    if "50ms" in wanted:
+        slots = [8] if a.smoke else [1, 8, 64, 512]
         print(f"== 50 ms handler, concurrency {slots}: holdfast and sqs-consumer batch mode", flush=True)
-    results = {}
-    for c in slots:
-        n = 20 * c if a.smoke else 100 * c
-        pair = [("holdfast", c), ("sqs-consumer", ("batch", c))]
-        interleaved(bench, f"50ms c={c}", pair, runs,
-                    lambda consumer, n=n: bench.drain("slow", consumer, n, 50), failures, results)
-    if slots:
+        results = {}
+        for c in slots:
+            n = 20 * c if a.smoke else 100 * c
+            pair = [("holdfast", c), ("sqs-consumer", ("batch", c))]
+            interleaved(bench, f"50ms c={c}", pair, runs,
+                        lambda consumer, n=n: bench.drain("slow", consumer, n, 50), failures, results)
         report["handler_50ms"] = results
 
     if not a.smoke and "rss" in wanted:
@@ -324,28 +321,25 @@ def main():
                         lambda consumer, n=n: bench.in_flight_rss("rss", consumer, n), failures, results)
         report["in_flight"] = results
 
-    cases = [
-        ("idle, HOLDFAST_SHUTDOWN_RECEIVE=abandon", False, {"HOLDFAST_SHUTDOWN_RECEIVE": "abandon"}),
-        ("busy, 100 jobs of 2 s, 0.5 s in", True, {}),
-    ]
-    if not a.smoke:
-        cases.insert(1, ("idle, default (wait for the 20 s receive)", False, {}))
-    if "sigterm" not in wanted:
-        cases = []
-    if cases:
+    if "sigterm" in wanted:
         print("== SIGTERM -> exit (holdfast)", flush=True)
-    results = {}
-    for run in range(runs):
-        for label, busy, env in cases:
-            try:
-                figures = bench.sigterm("term", busy, env)
-            except (Failure, subprocess.SubprocessError, OSError) as e:
-                failures.append(f"SIGTERM {label} (run {run + 1}): {e}")
-                print(f"   FAILED SIGTERM {label}: {e}", flush=True)
-                continue
-            results.setdefault(label, []).append(figures)
-            print(f"   SIGTERM {label} (run {run + 1}): exit {figures['exit_s']:.3f} s", flush=True)
-    if cases:
+        cases = [
+            ("idle, HOLDFAST_SHUTDOWN_RECEIVE=abandon", False, {"HOLDFAST_SHUTDOWN_RECEIVE": "abandon"}),
+            ("busy, 100 jobs of 2 s, 0.5 s in", True, {}),
+        ]
+        if not a.smoke:
+            cases.insert(1, ("idle, default (wait for the 20 s receive)", False, {}))
+        results = {}
+        for run in range(runs):
+            for label, busy, env in cases:
+                try:
+                    figures = bench.sigterm("term", busy, env)
+                except (Failure, subprocess.SubprocessError, OSError) as e:
+                    failures.append(f"SIGTERM {label} (run {run + 1}): {e}")
+                    print(f"   FAILED SIGTERM {label}: {e}", flush=True)
+                    continue
+                results.setdefault(label, []).append(figures)
+                print(f"   SIGTERM {label} (run {run + 1}): exit {figures['exit_s']:.3f} s", flush=True)
         report["sigterm"] = results
 
     print("\n== medians")
