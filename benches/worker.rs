@@ -163,6 +163,7 @@ fn main() {
         let window = Config::default().batch_window;
         embedded(10, 50_000 / scale, window).await;
         embedded(100, 50_000 / scale, window).await;
+        embedded(1000, 50_000 / scale, window).await;
         embedded(10, 50_000 / scale, Duration::ZERO).await;
     });
     if !full {

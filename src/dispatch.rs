@@ -497,7 +497,7 @@ impl Dispatcher {
         let dlq = self.dead_letter.as_ref().expect("checked by the caller");
         let mut copy = OutgoingMessage::new(message.raw_body());
         // As the message sits in the queue: an SNS envelope keeps its own attributes inside.
-        copy.attributes = message.queue_attributes.clone().unwrap_or_else(|| message.message_attributes.clone());
+        copy.attributes = (**message.queue_attributes.as_ref().unwrap_or(&message.message_attributes)).clone();
         let reason_text: String = reason.chars().take(1024).collect();
         for (name, value) in
             [(REASON_ATTRIBUTE, reason_text), (SOURCE_ATTRIBUTE, format!("{} {}", self.queue.url(), message.id))]

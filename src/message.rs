@@ -1,6 +1,7 @@
 //! A received message, as a handler sees it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// The value of a message attribute, by SQS data type.
@@ -121,17 +122,19 @@ impl SnsNotification {
 #[derive(Clone)]
 pub struct Message {
     pub(crate) id: String,
-    pub(crate) body: String,
-    pub(crate) attributes: HashMap<String, String>,
-    pub(crate) message_attributes: HashMap<String, MessageAttribute>,
+    // Body and attribute maps are shared, not copied, by a clone (a closure handler gets its
+    // own `Message`) and by the memory queue's deliveries of a stored message.
+    pub(crate) body: Arc<str>,
+    pub(crate) attributes: Arc<HashMap<String, String>>,
+    pub(crate) message_attributes: Arc<HashMap<String, MessageAttribute>>,
     pub(crate) receive_count: u32,
     pub(crate) sent_timestamp: Option<SystemTime>,
     pub(crate) group_id: Option<String>,
     /// The body as it sits in the queue, when it differs from `body` (an SNS envelope).
-    pub(crate) raw_body: Option<String>,
+    pub(crate) raw_body: Option<Arc<str>>,
     pub(crate) sns: Option<SnsNotification>,
     /// The SQS message attributes, when SNS's were merged into `message_attributes`.
-    pub(crate) queue_attributes: Option<HashMap<String, MessageAttribute>>,
+    pub(crate) queue_attributes: Option<Arc<HashMap<String, MessageAttribute>>>,
     pub(crate) receipt_handle: String,
     /// When this delivery was received: SQS caps a message's time in flight at 12 hours
     /// from here.
@@ -157,11 +160,16 @@ impl Message {
     /// A message with `id` and `body`, as if received for the first time: for unit tests of
     /// handlers. Add attributes with [`with_attribute`](Self::with_attribute).
     pub fn new(id: impl Into<String>, body: impl Into<String>) -> Self {
+        Self::shared(id.into(), body.into().into())
+    }
+
+    /// A message whose body is shared with its sender (the memory queue's stored copy).
+    pub(crate) fn shared(id: String, body: Arc<str>) -> Self {
         Self {
-            id: id.into(),
-            body: body.into(),
-            attributes: HashMap::new(),
-            message_attributes: HashMap::new(),
+            id,
+            body,
+            attributes: Arc::default(),
+            message_attributes: Arc::default(),
             receive_count: 1,
             sent_timestamp: Some(SystemTime::now()),
             group_id: None,
@@ -176,7 +184,7 @@ impl Message {
     /// Adds a message attribute (builder style, for tests).
     #[must_use]
     pub fn with_attribute(mut self, name: impl Into<String>, attribute: MessageAttribute) -> Self {
-        self.message_attributes.insert(name.into(), attribute);
+        Arc::make_mut(&mut self.message_attributes).insert(name.into(), attribute);
         self
     }
 
@@ -317,7 +325,7 @@ impl Message {
             };
             match converted {
                 Some(value) => {
-                    self.message_attributes.entry(name).or_insert(value);
+                    Arc::make_mut(&mut self.message_attributes).entry(name).or_insert(value);
                 }
                 None => {
                     tracing::warn!(message_id = %self.id, attribute = %name, "SNS message attribute could not be read")
@@ -330,7 +338,7 @@ impl Message {
             subject: envelope.subject,
             timestamp: envelope.timestamp,
         });
-        self.raw_body = Some(std::mem::replace(&mut self.body, envelope.message));
+        self.raw_body = Some(std::mem::replace(&mut self.body, envelope.message.into()));
     }
 }
 
@@ -341,9 +349,10 @@ mod tests {
     #[test]
     fn system_attributes_feed_the_typed_fields() {
         let mut m = Message::new("m1", "{}");
-        m.attributes.insert("ApproximateReceiveCount".into(), "3".into());
-        m.attributes.insert("SentTimestamp".into(), "1700000000123".into());
-        m.attributes.insert("MessageGroupId".into(), "g1".into());
+        let attributes = Arc::make_mut(&mut m.attributes);
+        attributes.insert("ApproximateReceiveCount".into(), "3".into());
+        attributes.insert("SentTimestamp".into(), "1700000000123".into());
+        attributes.insert("MessageGroupId".into(), "g1".into());
         m.derive_system_fields();
         assert_eq!(m.receive_count(), 3);
         assert_eq!(m.group_id(), Some("g1"));

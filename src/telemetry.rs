@@ -604,7 +604,8 @@ mod tests {
         );
         message.group_id = Some("orders-7".into());
         message.receipt_handle = "secret-receipt".into();
-        message.attributes.insert("AWSTraceHeader".into(), "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1".into());
+        std::sync::Arc::make_mut(&mut message.attributes)
+            .insert("AWSTraceHeader".into(), "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1".into());
         tracing::subscriber::with_default(subscriber, || {
             let span = message_span(queue_name("https://sqs.eu-west-1.amazonaws.com/1/jobs"), &message);
             let _entered = span.enter();

@@ -29,8 +29,8 @@ static NEXT_QUEUE: AtomicU64 = AtomicU64::new(0);
 struct Stored {
     seq: u64,
     id: String,
-    body: String,
-    attributes: HashMap<String, crate::MessageAttribute>,
+    body: Arc<str>,
+    attributes: Arc<HashMap<String, crate::MessageAttribute>>,
     sent_at: SystemTime,
     group_id: Option<String>,
     /// FIFO: the deduplication id the sender gave.
@@ -203,7 +203,7 @@ impl MemoryQueue {
 
     /// The bodies of all messages held, oldest first.
     pub fn bodies(&self) -> Vec<String> {
-        self.state().messages.values().map(|m| m.body.clone()).collect()
+        self.state().messages.values().map(|m| m.body.to_string()).collect()
     }
 
     /// Every message held, oldest first, as a handler would see it (a snapshot: nothing is
@@ -214,15 +214,16 @@ impl MemoryQueue {
             .messages
             .values()
             .map(|m| {
-                let mut message = Message::new(m.id.clone(), m.body.clone());
+                let mut message = Message::shared(m.id.clone(), m.body.clone());
                 message.message_attributes = m.attributes.clone();
-                message.attributes = HashMap::from([
+                let mut attributes = HashMap::from([
                     ("ApproximateReceiveCount".to_owned(), m.receive_count.to_string()),
                     ("SentTimestamp".to_owned(), millis(m.sent_at)),
                 ]);
                 if let Some(g) = &m.group_id {
-                    message.attributes.insert("MessageGroupId".into(), g.clone());
+                    attributes.insert("MessageGroupId".into(), g.clone());
                 }
+                message.attributes = Arc::new(attributes);
                 message.derive_system_fields();
                 message
             })
@@ -290,8 +291,8 @@ impl MemoryQueue {
             Stored {
                 seq,
                 id: id.clone(),
-                body: message.body.clone(),
-                attributes: message.attributes.clone(),
+                body: message.body.as_str().into(),
+                attributes: Arc::new(message.attributes.clone()),
                 sent_at: SystemTime::now(),
                 group_id: message.group_id.clone(),
                 dedup_id: if self.inner.fifo { message.deduplication_id.clone() } else { None },
@@ -370,8 +371,8 @@ impl MemoryQueue {
                     attributes.insert("MessageDeduplicationId".into(), d.clone());
                 }
             }
-            let mut message = Message::new(m.id.clone(), m.body.clone());
-            message.attributes = attributes;
+            let mut message = Message::shared(m.id.clone(), m.body.clone());
+            message.attributes = Arc::new(attributes);
             message.message_attributes = m.attributes.clone();
             message.receipt_handle = receipt;
             message.received_at = now;

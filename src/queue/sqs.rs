@@ -1,6 +1,7 @@
 //! The queue seam over aws-sdk-sqs (AWS JSON 1.0), for SQS and SQS-compatible servers.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -89,16 +90,17 @@ fn convert(m: aws_sdk_sqs::types::Message, received_at: tokio::time::Instant) ->
     message.receipt_handle = m.receipt_handle?;
     message.received_at = received_at;
     message.attributes =
-        m.attributes.unwrap_or_default().into_iter().map(|(k, v)| (k.as_str().to_owned(), v)).collect();
-    message.message_attributes = m
-        .message_attributes
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(name, v)| {
-            let bytes = v.binary_value.map(Blob::into_inner);
-            MessageAttribute::with_type(v.data_type, v.string_value, bytes).map(|a| (name, a))
-        })
-        .collect();
+        Arc::new(m.attributes.unwrap_or_default().into_iter().map(|(k, v)| (k.as_str().to_owned(), v)).collect());
+    message.message_attributes = Arc::new(
+        m.message_attributes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(name, v)| {
+                let bytes = v.binary_value.map(Blob::into_inner);
+                MessageAttribute::with_type(v.data_type, v.string_value, bytes).map(|a| (name, a))
+            })
+            .collect(),
+    );
     message.derive_system_fields();
     Some(message)
 }
