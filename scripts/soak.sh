@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Longer runs of the reliability suite (tests/reliability.rs): RELIABILITY_SCALE times the
-# messages and kills of the CI run (default 5: 5,000 jobs and 60 stops in the SIGTERM loop,
+# messages and kills of the CI run (default 5: 2,000 jobs and 60 stops in the SIGTERM loop,
 # 1,500 jobs and 50 kills in the SIGKILL loop, 1,000 jobs through the fault proxy), against
 # the local SQS server it starts; RELIABILITY_FAULT_RATE (default 0.2) sets the proxy's fault
 # rate. Usage: scripts/soak.sh [SCALE] [TEST NAME FILTER]
