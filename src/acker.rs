@@ -32,8 +32,8 @@ enum Kind {
 #[derive(Debug)]
 struct Request {
     kind: Kind,
-    message_id: String,
-    receipt_handle: String,
+    message_id: Arc<str>,
+    receipt_handle: Arc<str>,
     visibility: Duration,
 }
 
@@ -271,8 +271,8 @@ mod tests {
             let (failing, passing): (Vec<_>, Vec<_>) = {
                 let mut fail_once = self.fail_once.lock().unwrap();
                 let split: (Vec<_>, Vec<_>) =
-                    entries.iter().cloned().partition(|e| fail_once.contains(&e.receipt_handle));
-                fail_once.retain(|r| !split.0.iter().any(|e| &e.receipt_handle == r));
+                    entries.iter().cloned().partition(|e| fail_once.iter().any(|r| **r == *e.receipt_handle));
+                fail_once.retain(|r| !split.0.iter().any(|e| *e.receipt_handle == **r));
                 split
             };
             let mut failures = if passing.is_empty() { Vec::new() } else { self.inner.delete_batch(&passing).await? };
@@ -352,7 +352,7 @@ mod tests {
         let messages = receive_all(&seed, 10).await;
         let flaky = Flaky {
             inner: memory.clone(),
-            fail_once: Mutex::new(vec![messages[3].receipt_handle.clone(), messages[7].receipt_handle.clone()]),
+            fail_once: Mutex::new(vec![messages[3].receipt_handle.to_string(), messages[7].receipt_handle.to_string()]),
             calls: Mutex::new(Vec::new()),
         };
         let queue = Queue::from_backend("memory://partial".into(), false, flaky);

@@ -508,7 +508,7 @@ impl Dispatcher {
         }
         if dlq.is_fifo() {
             copy.group_id = Some(message.group_id.clone().unwrap_or_else(|| "holdfast".into()));
-            copy.deduplication_id = Some(message.id.clone());
+            copy.deduplication_id = Some(message.id.to_string());
         }
         match dlq.send(copy).await {
             Ok(id) => {

@@ -30,8 +30,8 @@ const HEARTBEAT_CONCURRENCY: usize = 4;
 
 #[derive(Debug)]
 struct Lease {
-    message_id: String,
-    receipt_handle: String,
+    message_id: Arc<str>,
+    receipt_handle: Arc<str>,
     received_at: Instant,
     expires_at: Instant,
     period: Duration,

@@ -1,7 +1,7 @@
 //! A received message, as a handler sees it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 /// The value of a message attribute, by SQS data type.
@@ -121,11 +121,11 @@ impl SnsNotification {
 /// leaves the receipt handle out.
 #[derive(Clone)]
 pub struct Message {
-    pub(crate) id: String,
+    pub(crate) id: Arc<str>,
     // Body and attribute maps are shared, not copied, by a clone (a closure handler gets its
     // own `Message`) and by the memory queue's deliveries of a stored message.
     pub(crate) body: Arc<str>,
-    pub(crate) attributes: Arc<HashMap<String, String>>,
+    pub(crate) attributes: SystemAttributes,
     pub(crate) message_attributes: Arc<HashMap<String, MessageAttribute>>,
     pub(crate) receive_count: u32,
     pub(crate) sent_timestamp: Option<SystemTime>,
@@ -135,7 +135,7 @@ pub struct Message {
     pub(crate) sns: Option<SnsNotification>,
     /// The SQS message attributes, when SNS's were merged into `message_attributes`.
     pub(crate) queue_attributes: Option<Arc<HashMap<String, MessageAttribute>>>,
-    pub(crate) receipt_handle: String,
+    pub(crate) receipt_handle: Arc<str>,
     /// When this delivery was received: SQS caps a message's time in flight at 12 hours
     /// from here.
     pub(crate) received_at: tokio::time::Instant,
@@ -147,7 +147,7 @@ impl std::fmt::Debug for Message {
         f.debug_struct("Message")
             .field("id", &self.id)
             .field("body", &self.body)
-            .field("attributes", &self.attributes)
+            .field("attributes", self.attributes())
             .field("message_attributes", &self.message_attributes)
             .field("receive_count", &self.receive_count)
             .field("group_id", &self.group_id)
@@ -160,15 +160,15 @@ impl Message {
     /// A message with `id` and `body`, as if received for the first time: for unit tests of
     /// handlers. Add attributes with [`with_attribute`](Self::with_attribute).
     pub fn new(id: impl Into<String>, body: impl Into<String>) -> Self {
-        Self::shared(id.into(), body.into().into())
+        Self::shared(id.into().into(), body.into().into())
     }
 
     /// A message whose body is shared with its sender (the memory queue's stored copy).
-    pub(crate) fn shared(id: String, body: Arc<str>) -> Self {
+    pub(crate) fn shared(id: Arc<str>, body: Arc<str>) -> Self {
         Self {
             id,
             body,
-            attributes: Arc::default(),
+            attributes: SystemAttributes::default(),
             message_attributes: Arc::default(),
             receive_count: 1,
             sent_timestamp: Some(SystemTime::now()),
@@ -176,7 +176,7 @@ impl Message {
             raw_body: None,
             sns: None,
             queue_attributes: None,
-            receipt_handle: String::new(),
+            receipt_handle: Arc::default(),
             received_at: tokio::time::Instant::now(),
         }
     }
@@ -232,7 +232,45 @@ impl Message {
     /// SQS system attributes (`SentTimestamp`, `ApproximateReceiveCount`,
     /// `ApproximateFirstReceiveTimestamp`, `SenderId`, `MessageGroupId`, …), as SQS names them.
     pub fn attributes(&self) -> &HashMap<String, String> {
-        &self.attributes
+        self.attributes.map.get_or_init(|| Arc::new(self.memory_attributes()))
+    }
+
+    /// One system attribute as SQS sent it, without building the map of a memory-queue
+    /// delivery (which never carries more than its typed fields say).
+    pub(crate) fn sent_system_attribute(&self, name: &str) -> Option<&str> {
+        self.attributes.map.get()?.get(name).map(String::as_str)
+    }
+
+    /// The system attributes, to change (tests).
+    #[cfg(test)]
+    pub(crate) fn attributes_mut(&mut self) -> &mut HashMap<String, String> {
+        self.attributes();
+        Arc::make_mut(self.attributes.map.get_mut().expect("initialized above"))
+    }
+
+    /// The map SQS would send for a memory-queue delivery, from its typed fields.
+    fn memory_attributes(&self) -> HashMap<String, String> {
+        let Some(delivery) = &self.attributes.memory else { return HashMap::new() };
+        let millis =
+            |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis().to_string();
+        let mut map = HashMap::with_capacity(6);
+        map.insert("ApproximateReceiveCount".to_owned(), self.receive_count.to_string());
+        if let Some(sent) = self.sent_timestamp {
+            map.insert("SentTimestamp".to_owned(), millis(sent));
+        }
+        if let Some(first) = delivery.first_received {
+            map.insert("ApproximateFirstReceiveTimestamp".to_owned(), millis(first));
+        }
+        if let Some(group) = &self.group_id {
+            map.insert("MessageGroupId".to_owned(), group.clone());
+        }
+        if let Some(sequence) = delivery.sequence {
+            map.insert("SequenceNumber".to_owned(), format!("{sequence:020}"));
+        }
+        if let Some(dedup) = &delivery.dedup_id {
+            map.insert("MessageDeduplicationId".to_owned(), dedup.to_string());
+        }
+        map
     }
 
     /// The message attributes the sender set (for a message published to SNS, the
@@ -266,15 +304,46 @@ impl Message {
     /// SNS envelope unwrapped.
     pub(crate) fn derive_system_fields(&mut self) {
         self.unwrap_sns();
-        self.receive_count =
-            self.attributes.get("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
-        self.sent_timestamp = self
-            .attributes
+        let attributes = self.attributes();
+        let receive_count = attributes.get("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+        let sent_timestamp = attributes
             .get("SentTimestamp")
             .and_then(|v| v.parse::<u64>().ok())
             .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
-        self.group_id = self.attributes.get("MessageGroupId").cloned();
+        let group_id = attributes.get("MessageGroupId").cloned();
+        (self.receive_count, self.sent_timestamp, self.group_id) = (receive_count, sent_timestamp, group_id);
     }
+
+    /// Completes a memory-queue delivery, whose typed fields are already set: its system
+    /// attribute map is built only if asked for, and an SNS envelope is unwrapped.
+    pub(crate) fn complete_memory_delivery(&mut self, delivery: MemoryDelivery) {
+        self.attributes = SystemAttributes { map: OnceLock::new(), memory: Some(delivery) };
+        self.unwrap_sns();
+    }
+}
+
+/// A message's SQS system attributes: the map SQS sent, or, for a memory-queue delivery, the
+/// typed fields it is built from when first asked for (most handlers never ask).
+#[derive(Clone, Default)]
+pub(crate) struct SystemAttributes {
+    map: OnceLock<Arc<HashMap<String, String>>>,
+    memory: Option<MemoryDelivery>,
+}
+
+impl SystemAttributes {
+    /// The map SQS sent.
+    pub(crate) fn sent(map: HashMap<String, String>) -> Self {
+        Self { map: OnceLock::from(Arc::new(map)), memory: None }
+    }
+}
+
+/// What a memory-queue delivery carries beyond the typed fields of [`Message`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct MemoryDelivery {
+    pub(crate) first_received: Option<SystemTime>,
+    /// FIFO: the message's sequence number and the deduplication id its sender gave.
+    pub(crate) sequence: Option<u64>,
+    pub(crate) dedup_id: Option<Arc<str>>,
 }
 
 /// An SNS notification as SNS writes it into a subscribed SQS queue.
@@ -349,7 +418,7 @@ mod tests {
     #[test]
     fn system_attributes_feed_the_typed_fields() {
         let mut m = Message::new("m1", "{}");
-        let attributes = Arc::make_mut(&mut m.attributes);
+        let attributes = m.attributes_mut();
         attributes.insert("ApproximateReceiveCount".into(), "3".into());
         attributes.insert("SentTimestamp".into(), "1700000000123".into());
         attributes.insert("MessageGroupId".into(), "g1".into());

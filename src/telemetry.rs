@@ -321,7 +321,7 @@ impl Telemetry {
             }
             i.events.emit(|| Event::Received {
                 queue: i.queue.clone(),
-                message_id: m.id.clone(),
+                message_id: m.id.to_string(),
                 receive_count: m.receive_count,
             });
         }
@@ -350,7 +350,7 @@ impl Telemetry {
         self.in_flight(-1);
         i.events.emit(|| Event::Handled {
             queue: i.queue.clone(),
-            message_id: message.id.clone(),
+            message_id: message.id.to_string(),
             outcome,
             duration: took,
         });
@@ -360,13 +360,13 @@ impl Telemetry {
     pub(crate) fn failed(&self, message: &Message, cause: FailureCause) {
         let i = &self.inner;
         i.failed[cause as usize].increment(1);
-        i.events.emit(|| Event::Failed { queue: i.queue.clone(), message_id: message.id.clone(), cause });
+        i.events.emit(|| Event::Failed { queue: i.queue.clone(), message_id: message.id.to_string(), cause });
     }
 
     pub(crate) fn dead_lettered(&self, message: &Message) {
         let i = &self.inner;
         i.dead_lettered.increment(1);
-        i.events.emit(|| Event::DeadLettered { queue: i.queue.clone(), message_id: message.id.clone() });
+        i.events.emit(|| Event::DeadLettered { queue: i.queue.clone(), message_id: message.id.to_string() });
     }
 
     /// `message` was given back unhandled. `counted`: it was counted in flight.
@@ -376,7 +376,7 @@ impl Telemetry {
         if counted {
             self.in_flight(-1);
         }
-        i.events.emit(|| Event::Released { queue: i.queue.clone(), message_id: message.id.clone() });
+        i.events.emit(|| Event::Released { queue: i.queue.clone(), message_id: message.id.to_string() });
     }
 
     pub(crate) fn lease_lost(&self, message_id: &str) {
@@ -417,7 +417,7 @@ impl Telemetry {
 /// attribute). Never the body or the receipt handle.
 pub(crate) fn message_span(queue: &str, message: &Message) -> tracing::Span {
     let traceparent = message.message_attribute("traceparent").and_then(|a| a.as_str());
-    let aws_trace_header = message.attributes.get("AWSTraceHeader").map(String::as_str);
+    let aws_trace_header = message.sent_system_attribute("AWSTraceHeader");
     let span = tracing::info_span!(
         "message",
         queue,
@@ -604,7 +604,8 @@ mod tests {
         );
         message.group_id = Some("orders-7".into());
         message.receipt_handle = "secret-receipt".into();
-        std::sync::Arc::make_mut(&mut message.attributes)
+        message
+            .attributes_mut()
             .insert("AWSTraceHeader".into(), "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1".into());
         tracing::subscriber::with_default(subscriber, || {
             let span = message_span(queue_name("https://sqs.eu-west-1.amazonaws.com/1/jobs"), &message);

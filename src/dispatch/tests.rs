@@ -19,7 +19,7 @@ struct Recording {
 impl QueueBackend for Recording {
     async fn receive(&self, request: &ReceiveRequest) -> Result<Vec<Message>, QueueError> {
         let messages = self.inner.receive(request).await?;
-        self.receipts.lock().unwrap().extend(messages.iter().map(|m| m.receipt_handle.clone()));
+        self.receipts.lock().unwrap().extend(messages.iter().map(|m| m.receipt_handle.to_string()));
         Ok(messages)
     }
     async fn delete_batch(&self, entries: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::{BATCH_MAX, BatchEntry, BatchFailure, OutgoingMessage, QueueBackend, QueueError, ReceiveRequest};
 use crate::Message;
 use crate::config::MAX_VISIBILITY;
+use crate::message::MemoryDelivery;
 
 mod api;
 pub use api::{Delivery, MemoryQueueError, MessageCounts, ReceiveOptions, SentMessage};
@@ -28,20 +29,41 @@ static NEXT_QUEUE: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug)]
 struct Stored {
     seq: u64,
-    id: String,
+    id: Arc<str>,
     body: Arc<str>,
     attributes: Arc<HashMap<String, crate::MessageAttribute>>,
     sent_at: SystemTime,
     group_id: Option<String>,
     /// FIFO: the deduplication id the sender gave.
-    dedup_id: Option<String>,
+    dedup_id: Option<Arc<str>>,
     /// When it was sent, on the queue's clock (for the retention period).
     sent: Instant,
     visible_at: Instant,
     receive_count: u32,
     first_received: Option<SystemTime>,
     /// The receipt of the latest delivery, and when it was received.
-    receipt: Option<(String, Instant)>,
+    receipt: Option<(Arc<str>, Instant)>,
+}
+
+impl Stored {
+    /// The message a handler sees for this stored one, as last delivered (never delivered:
+    /// as if delivered once), without its receipt. Its system attribute map is built only
+    /// when asked for.
+    fn to_message(&self, fifo: bool) -> Message {
+        let mut message = Message::shared(self.id.clone(), self.body.clone());
+        message.message_attributes = self.attributes.clone();
+        message.receive_count = self.receive_count.max(1);
+        // SentTimestamp is whole milliseconds, as SQS sends it.
+        let sent_ms = self.sent_at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
+        message.sent_timestamp = Some(SystemTime::UNIX_EPOCH + Duration::from_millis(sent_ms as u64));
+        message.group_id = self.group_id.clone();
+        message.complete_memory_delivery(MemoryDelivery {
+            first_received: self.first_received,
+            sequence: fifo.then_some(self.seq),
+            dedup_id: if fifo { self.dedup_id.clone() } else { None },
+        });
+        message
+    }
 }
 
 #[derive(Debug, Default)]
@@ -49,7 +71,7 @@ struct State {
     /// By sequence number: oldest first.
     messages: BTreeMap<u64, Stored>,
     /// The latest receipt of each in-flight message, to its sequence number.
-    receipts: HashMap<String, u64>,
+    receipts: HashMap<Arc<str>, u64>,
     next_seq: u64,
     next_receipt: u64,
     /// Deduplication key to when it was sent, its message id and sequence number.
@@ -210,24 +232,7 @@ impl MemoryQueue {
     /// received). For tests that check what a worker left behind, e.g. in a dead-letter
     /// queue.
     pub fn messages(&self) -> Vec<Message> {
-        self.state()
-            .messages
-            .values()
-            .map(|m| {
-                let mut message = Message::shared(m.id.clone(), m.body.clone());
-                message.message_attributes = m.attributes.clone();
-                let mut attributes = HashMap::from([
-                    ("ApproximateReceiveCount".to_owned(), m.receive_count.to_string()),
-                    ("SentTimestamp".to_owned(), millis(m.sent_at)),
-                ]);
-                if let Some(g) = &m.group_id {
-                    attributes.insert("MessageGroupId".into(), g.clone());
-                }
-                message.attributes = Arc::new(attributes);
-                message.derive_system_fields();
-                message
-            })
-            .collect()
+        self.state().messages.values().map(|m| m.to_message(self.inner.fifo)).collect()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -290,12 +295,12 @@ impl MemoryQueue {
             seq,
             Stored {
                 seq,
-                id: id.clone(),
+                id: id.as_str().into(),
                 body: message.body.as_str().into(),
                 attributes: Arc::new(message.attributes.clone()),
                 sent_at: SystemTime::now(),
                 group_id: message.group_id.clone(),
-                dedup_id: if self.inner.fifo { message.deduplication_id.clone() } else { None },
+                dedup_id: if self.inner.fifo { message.deduplication_id.as_deref().map(Arc::from) } else { None },
                 sent: now,
                 visible_at: now + message.delay,
                 receive_count: 0,
@@ -350,33 +355,16 @@ impl MemoryQueue {
             }
             m.receive_count += 1;
             *next_receipt += 1;
-            let receipt = format!("{}:{}:{}", self.inner.instance, m.seq, next_receipt);
+            let receipt = receipt_handle(self.inner.instance, m.seq, *next_receipt);
             if let Some((old, _)) = m.receipt.replace((receipt.clone(), now)) {
                 receipts.remove(&old);
             }
             receipts.insert(receipt.clone(), *seq);
             m.visible_at = now + visibility;
-            let first_received = *m.first_received.get_or_insert_with(SystemTime::now);
-            let mut attributes = HashMap::from([
-                ("ApproximateReceiveCount".to_owned(), m.receive_count.to_string()),
-                ("SentTimestamp".to_owned(), millis(m.sent_at)),
-                ("ApproximateFirstReceiveTimestamp".to_owned(), millis(first_received)),
-            ]);
-            if let Some(g) = &m.group_id {
-                attributes.insert("MessageGroupId".into(), g.clone());
-            }
-            if self.inner.fifo {
-                attributes.insert("SequenceNumber".into(), sequence_number(m.seq));
-                if let Some(d) = &m.dedup_id {
-                    attributes.insert("MessageDeduplicationId".into(), d.clone());
-                }
-            }
-            let mut message = Message::shared(m.id.clone(), m.body.clone());
-            message.attributes = Arc::new(attributes);
-            message.message_attributes = m.attributes.clone();
+            m.first_received.get_or_insert_with(SystemTime::now);
+            let mut message = m.to_message(self.inner.fifo);
             message.receipt_handle = receipt;
             message.received_at = now;
-            message.derive_system_fields();
             out.push(message);
         }
         let dead: Vec<Stored> = dead
@@ -458,8 +446,12 @@ fn sequence_number(seq: u64) -> String {
     format!("{seq:020}")
 }
 
-fn millis(t: SystemTime) -> String {
-    t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis().to_string()
+/// A delivery's receipt handle: the queue instance, the message and the delivery.
+fn receipt_handle(instance: u64, seq: u64, delivery: u64) -> Arc<str> {
+    use std::fmt::Write;
+    let mut text = String::with_capacity(64);
+    write!(text, "{instance}:{seq}:{delivery}").expect("writing to a String");
+    text.into()
 }
 
 fn invalid_receipt(id: &str) -> BatchFailure {
@@ -738,6 +730,43 @@ mod tests {
         let again = q.receive(&request(10, 0)).await.unwrap();
         assert_eq!(again.iter().map(Message::body).collect::<Vec<_>>(), ["a1", "a2"]);
         assert_eq!(again[0].group_id(), Some("a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delivery_carries_the_system_attributes_sqs_sends() {
+        let q = MemoryQueue::builder("attrs.fifo").fifo().visibility_timeout(Duration::from_secs(1)).build();
+        q.send(&OutgoingMessage::new("x").group_id("g7").deduplication_id("d-1")).await.unwrap();
+        let before = SystemTime::now();
+        let mut short = request(1, 0);
+        short.visibility_timeout = Duration::ZERO;
+        let first = q.receive(&short).await.unwrap().pop().unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let second = q.receive(&short).await.unwrap().pop().unwrap();
+        let a = second.attributes();
+        assert_eq!(a.get("ApproximateReceiveCount").map(String::as_str), Some("2"));
+        assert_eq!(a.get("MessageGroupId").map(String::as_str), Some("g7"));
+        assert_eq!(a.get("MessageDeduplicationId").map(String::as_str), Some("d-1"));
+        assert_eq!(a.get("SequenceNumber"), first.attributes().get("SequenceNumber"));
+        assert_eq!(a.get("SequenceNumber").map(String::len), Some(20));
+        // The first receive's time, kept by the second; the send's time in whole milliseconds.
+        assert_eq!(
+            a.get("ApproximateFirstReceiveTimestamp"),
+            first.attributes().get("ApproximateFirstReceiveTimestamp")
+        );
+        let ms = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis();
+        let sent: u128 = a["SentTimestamp"].parse().unwrap();
+        assert_eq!(sent, ms(second.sent_timestamp().unwrap()));
+        assert!(sent <= ms(before));
+        assert_eq!(a.len(), 6, "{a:?}");
+        // The typed fields agree with the map.
+        assert_eq!((second.receive_count(), second.group_id()), (2, Some("g7")));
+        // A standard queue's delivery: no FIFO fields.
+        let plain = MemoryQueue::new("attrs");
+        plain.send(&OutgoingMessage::new("y")).await.unwrap();
+        let m = plain.receive(&request(1, 0)).await.unwrap().pop().unwrap();
+        let mut names: Vec<&str> = m.attributes().keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["ApproximateFirstReceiveTimestamp", "ApproximateReceiveCount", "SentTimestamp"]);
     }
 
     #[tokio::test(start_paused = true)]

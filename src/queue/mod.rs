@@ -36,7 +36,7 @@ pub(crate) struct ReceiveRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BatchEntry {
     pub(crate) id: String,
-    pub(crate) receipt_handle: String,
+    pub(crate) receipt_handle: Arc<str>,
     pub(crate) visibility: Duration,
 }
 

@@ -12,6 +12,7 @@ use aws_sdk_sqs::types::{
 };
 
 use super::{BatchEntry, BatchFailure, OutgoingMessage, QueueBackend, QueueError, ReceiveRequest};
+use crate::message::SystemAttributes;
 use crate::{Message, MessageAttribute};
 
 /// Error codes that retrying cannot heal.
@@ -87,10 +88,11 @@ fn seconds(d: std::time::Duration) -> i32 {
 fn convert(m: aws_sdk_sqs::types::Message, received_at: tokio::time::Instant) -> Option<Message> {
     let id = m.message_id?;
     let mut message = Message::new(id, m.body.unwrap_or_default());
-    message.receipt_handle = m.receipt_handle?;
+    message.receipt_handle = m.receipt_handle?.into();
     message.received_at = received_at;
-    message.attributes =
-        Arc::new(m.attributes.unwrap_or_default().into_iter().map(|(k, v)| (k.as_str().to_owned(), v)).collect());
+    message.attributes = SystemAttributes::sent(
+        m.attributes.unwrap_or_default().into_iter().map(|(k, v)| (k.as_str().to_owned(), v)).collect(),
+    );
     message.message_attributes = Arc::new(
         m.message_attributes
             .unwrap_or_default()
@@ -138,7 +140,7 @@ impl QueueBackend for SqsBackend {
     async fn delete_batch(&self, entries: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
         let entries = entries
             .iter()
-            .map(|e| DeleteMessageBatchRequestEntry::builder().id(&e.id).receipt_handle(&e.receipt_handle).build())
+            .map(|e| DeleteMessageBatchRequestEntry::builder().id(&e.id).receipt_handle(&*e.receipt_handle).build())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| QueueError::permanent("InvalidParameterValue", e.to_string()))?;
         let out = self
@@ -158,7 +160,7 @@ impl QueueBackend for SqsBackend {
             .map(|e| {
                 ChangeMessageVisibilityBatchRequestEntry::builder()
                     .id(&e.id)
-                    .receipt_handle(&e.receipt_handle)
+                    .receipt_handle(&*e.receipt_handle)
                     .visibility_timeout(seconds(e.visibility))
                     .build()
             })
