@@ -24,8 +24,8 @@ pub struct Context {
 }
 
 impl Context {
-    pub(crate) fn new(token: CancellationToken, leases: Vec<Arc<LeaseHandle>>, protection: Protection) -> Self {
-        Self { token, leases: leases.into(), protection: Some(protection) }
+    pub(crate) fn new(token: CancellationToken, leases: Arc<[Arc<LeaseHandle>]>, protection: Protection) -> Self {
+        Self { token, leases, protection: Some(protection) }
     }
 
     /// A context bound to no queue, for unit tests of handlers: it is never cancelled unless

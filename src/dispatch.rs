@@ -250,7 +250,9 @@ impl Dispatcher {
 
     async fn run_one(self: Arc<Self>, message: Message, _permit: OwnedSemaphorePermit) {
         let Some(_guard) = self.protect(std::slice::from_ref(&message)).await else { return };
-        let token = self.deadline.child_token();
+        // Not a child of the drain deadline: `attempt` cancels it when the deadline passes,
+        // and each message's own token keeps the deadline's lock out of the message path.
+        let token = CancellationToken::new();
         let lease = Arc::new(self.leases.register(&message, token.clone()));
         self.handle(&message, lease, token).await;
     }
@@ -260,7 +262,7 @@ impl Dispatcher {
     async fn run_group(self: Arc<Self>, group: Vec<Message>, mut permits: Vec<OwnedSemaphorePermit>) {
         let Some(_guard) = self.protect(&group).await else { return };
         // Every message's visibility clock runs from the receive: lease them all now.
-        let tokens: Vec<CancellationToken> = group.iter().map(|_| self.deadline.child_token()).collect();
+        let tokens: Vec<CancellationToken> = group.iter().map(|_| CancellationToken::new()).collect();
         let mut leases: Vec<Option<Arc<LeaseHandle>>> =
             group.iter().zip(&tokens).map(|(m, t)| Some(Arc::new(self.leases.register(m, t.clone())))).collect();
         let mut blocked = false;
@@ -282,7 +284,7 @@ impl Dispatcher {
         let span = message_span(self.telemetry.queue(), message);
         self.telemetry.started(message);
         let began = tokio::time::Instant::now();
-        let ctx = Context::new(token.clone(), vec![lease.clone()], self.protection.clone());
+        let ctx = Context::new(token.clone(), Arc::new([lease.clone()]), self.protection.clone());
         let Work::One(handler) = &self.work else { unreachable!("batch routes use run_batch") };
         let call = async { vec![handler.handle(message, &ctx).await] };
         let attempt = self.attempt(call.instrument(span.clone()), &token).await;
@@ -313,10 +315,10 @@ impl Dispatcher {
 
     async fn run_batch(self: Arc<Self>, messages: Vec<Message>, _permits: Vec<OwnedSemaphorePermit>) {
         let Some(_guard) = self.protect(&messages).await else { return };
-        let token = self.deadline.child_token();
+        let token = CancellationToken::new();
         let leases: Vec<Arc<LeaseHandle>> =
             messages.iter().map(|m| Arc::new(self.leases.register(m, token.clone()))).collect();
-        let ctx = Context::new(token.clone(), leases.clone(), self.protection.clone());
+        let ctx = Context::new(token.clone(), leases.clone().into(), self.protection.clone());
         let Work::Batch(handler) = &self.work else { unreachable!("single routes use run_one") };
         let span = tracing::info_span!("batch", queue = &**self.telemetry.queue(), messages = messages.len());
         messages.iter().for_each(|m| self.telemetry.started(m));

@@ -160,16 +160,21 @@ impl Message {
     /// A message with `id` and `body`, as if received for the first time: for unit tests of
     /// handlers. Add attributes with [`with_attribute`](Self::with_attribute).
     pub fn new(id: impl Into<String>, body: impl Into<String>) -> Self {
-        Self::shared(id.into().into(), body.into().into())
+        Self::shared(id.into().into(), body.into().into(), Arc::default())
     }
 
-    /// A message whose body is shared with its sender (the memory queue's stored copy).
-    pub(crate) fn shared(id: Arc<str>, body: Arc<str>) -> Self {
+    /// A message whose id, body and message attributes are shared with its sender (the
+    /// memory queue's stored copy).
+    pub(crate) fn shared(
+        id: Arc<str>,
+        body: Arc<str>,
+        message_attributes: Arc<HashMap<String, MessageAttribute>>,
+    ) -> Self {
         Self {
             id,
             body,
             attributes: SystemAttributes::default(),
-            message_attributes: Arc::default(),
+            message_attributes,
             receive_count: 1,
             sent_timestamp: Some(SystemTime::now()),
             group_id: None,

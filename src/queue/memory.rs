@@ -50,8 +50,7 @@ impl Stored {
     /// as if delivered once), without its receipt. Its system attribute map is built only
     /// when asked for.
     fn to_message(&self, fifo: bool) -> Message {
-        let mut message = Message::shared(self.id.clone(), self.body.clone());
-        message.message_attributes = self.attributes.clone();
+        let mut message = Message::shared(self.id.clone(), self.body.clone(), self.attributes.clone());
         message.receive_count = self.receive_count.max(1);
         // SentTimestamp is whole milliseconds, as SQS sends it.
         let sent_ms = self.sent_at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
@@ -448,10 +447,13 @@ fn sequence_number(seq: u64) -> String {
 
 /// A delivery's receipt handle: the queue instance, the message and the delivery.
 fn receipt_handle(instance: u64, seq: u64, delivery: u64) -> Arc<str> {
-    use std::fmt::Write;
-    let mut text = String::with_capacity(64);
-    write!(text, "{instance}:{seq}:{delivery}").expect("writing to a String");
-    text.into()
+    use std::io::Write;
+    // Three u64s and two colons fit in 62 bytes: written on the stack, allocated once.
+    let mut buffer = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+    write!(cursor, "{instance}:{seq}:{delivery}").expect("62 bytes at most");
+    let len = cursor.position() as usize;
+    std::str::from_utf8(&buffer[..len]).expect("digits and colons").into()
 }
 
 fn invalid_receipt(id: &str) -> BatchFailure {
