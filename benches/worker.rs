@@ -29,7 +29,15 @@ fn worker_requests(counts: holdfast::RequestCounts) -> u64 {
     counts.receive + counts.delete + counts.change_visibility
 }
 
-async fn drain_queue(queue: Queue, total: u64, mut config: Config) -> Duration {
+/// What draining a queue took: to the last message handled (`drained`, with the process's
+/// CPU time then), and the shutdown after it (which waits out the long poll in flight).
+struct Drained {
+    drained: Duration,
+    cpu_at_drained: Duration,
+    shutdown: Duration,
+}
+
+async fn drain_queue(queue: Queue, total: u64, mut config: Config) -> Drained {
     config.wait_time = Duration::from_secs(1);
     let done = Arc::new(AtomicU64::new(0));
     let all = Arc::new(Notify::new());
@@ -44,12 +52,21 @@ async fn drain_queue(queue: Queue, total: u64, mut config: Config) -> Duration {
         }
     });
     let start = Instant::now();
-    let summary =
-        Worker::new(config).queue(queue).handler(handler).run_until(async move { all.notified().await }).await;
+    let at_drained = Arc::new(std::sync::Mutex::new(None));
+    let mark = at_drained.clone();
+    let summary = Worker::new(config)
+        .queue(queue)
+        .handler(handler)
+        .run_until(async move {
+            all.notified().await;
+            *mark.lock().unwrap() = Some((start.elapsed(), cpu_time()));
+        })
+        .await;
     let took = start.elapsed();
     let summary = summary.expect("worker run");
     assert_eq!(summary.deleted, total, "every message deleted");
-    took
+    let (drained, cpu_at_drained) = at_drained.lock().unwrap().expect("the last message was handled");
+    Drained { drained, cpu_at_drained, shutdown: took - drained }
 }
 
 async fn embedded(concurrency: usize, total: u64, batch_window: Duration) {
@@ -62,15 +79,18 @@ async fn embedded(concurrency: usize, total: u64, batch_window: Duration) {
     config.concurrency = concurrency;
     config.batch_window = batch_window;
     let cpu_before = cpu_time();
-    let took = drain_queue(queue.clone(), total, config).await;
-    let cpu = cpu_time() - cpu_before;
+    let run = drain_queue(queue.clone(), total, config).await;
+    let cpu = run.cpu_at_drained - cpu_before;
     assert!(memory.is_empty());
+    // Rate and CPU to the last message handled; the shutdown after it waits out the long
+    // poll in flight on the empty queue (up to the 1 s wait time), and is shown apart.
     println!(
-        "embedded queue, no-op handler, concurrency {concurrency:>3}, batch window {batch_window:>5?}: {total} messages in {:.2} s = {:>7.0} msg/s, {:.1} µs CPU/msg, {:.3} requests/msg",
-        took.as_secs_f64(),
-        total as f64 / took.as_secs_f64(),
+        "embedded queue, no-op handler, concurrency {concurrency:>3}, batch window {batch_window:>5?}: {total} messages in {:.3} s = {:>7.0} msg/s, {:.1} µs CPU/msg, {:.3} requests/msg; then shutdown {:.2} s",
+        run.drained.as_secs_f64(),
+        total as f64 / run.drained.as_secs_f64(),
         cpu.as_micros() as f64 / total as f64,
         worker_requests(queue.request_counts()) as f64 / total as f64,
+        run.shutdown.as_secs_f64(),
     );
 }
 
@@ -103,7 +123,7 @@ async fn sqs_requests(endpoint: &str, concurrency: usize, total: u64) {
     let mut config = Config::default();
     config.concurrency = concurrency;
     config.ack_concurrency = 1; // moto loses concurrent deletes (DESIGN.md)
-    let took = drain_queue(queue.clone(), total, config).await;
+    let took = drain_queue(queue.clone(), total, config).await.drained;
     let counts = queue.request_counts();
     println!(
         "local SQS server, no-op handler, concurrency {concurrency:>3}: {total} messages in {:.2} s; requests/msg {:.3} (receive {}, delete {}, visibility {})",
