@@ -64,12 +64,19 @@ impl Activity {
 
 static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
 
+/// Short polling (`wait_time` zero): the first pause after an empty receive, and the longest,
+/// doubling in between while the queue stays empty.
+const EMPTY_PAUSE_MIN: Duration = Duration::from_millis(50);
+const EMPTY_PAUSE_MAX: Duration = Duration::from_secs(1);
+
 impl Poller {
     /// Polls until `intake` is cancelled (then `Ok`) or the queue fails in a way retrying
     /// cannot heal (then the error, saying what to fix).
     pub(crate) async fn run(self) -> Result<(), Error> {
         let mut failures = 0u32;
         let mut backlog = false;
+        // Short polling: the pause before the next receive while the queue answers empty.
+        let mut empty_pause: Option<Duration> = None;
         // FIFO: a receive that failed in transit is retried with the same attempt id and
         // size, so SQS returns the messages it may already have handed out.
         let mut retry: Option<(ReceiveRequest, Vec<OwnedSemaphorePermit>)> = None;
@@ -147,8 +154,29 @@ impl Poller {
                     }
                     let used = permits.split_off(permits.len() - messages.len());
                     drop(permits);
-                    if !messages.is_empty() {
+                    let empty = messages.is_empty();
+                    if !empty {
                         self.dispatcher.dispatch(messages, used, &self.tracker);
+                    }
+                    // A long poll waits for messages on the server; a short poll answers at
+                    // once, so an empty queue would be asked again and again (each a billed
+                    // request on SQS). Pause, longer while it stays empty.
+                    if self.wait_time.is_zero() && empty {
+                        let pause = empty_pause.map_or(EMPTY_PAUSE_MIN, |p| (p * 2).min(EMPTY_PAUSE_MAX));
+                        if empty_pause.is_none() {
+                            tracing::debug!(
+                                max_pause_ms = EMPTY_PAUSE_MAX.as_millis() as u64,
+                                "queue empty with short polling (HOLDFAST_WAIT_TIME=0): pausing between receives"
+                            );
+                        }
+                        empty_pause = Some(pause);
+                        tokio::select! {
+                            biased;
+                            _ = self.intake.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                    } else if !empty && empty_pause.take().is_some() {
+                        tracing::debug!("messages again: short polls without a pause");
                     }
                 }
                 Err(error) if error.is_permanent() => {
@@ -426,5 +454,33 @@ mod tests {
         assert_ne!(requests.get(2).map(|r| &r.1), Some(&requests[0].1), "a new receive gets a new id");
         assert_eq!(handled.load(Ordering::SeqCst), 1);
         assert!(memory.is_empty());
+    }
+
+    /// Short polling (`HOLDFAST_WAIT_TIME=0`) of an empty queue: each empty answer comes back
+    /// at once, so the poller must pause before the next, not spin (against SQS, every spin
+    /// is a billed request); messages that arrive are still picked up within the pause.
+    #[tokio::test]
+    async fn short_polls_of_an_empty_queue_pause_between_receives() {
+        let memory = MemoryQueue::new("short");
+        let queue = Queue::memory(&memory);
+        let intake = CancellationToken::new();
+        let (rig, poller) = Rig::new(&queue, &intake, 10, Duration::ZERO);
+        let handled = rig.handled.clone();
+        let polling = tokio::spawn(poller.run());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let idle_receives = queue.request_counts().receive;
+        queue.send(OutgoingMessage::new("late")).await.unwrap();
+        let sent = tokio::time::Instant::now();
+        while handled.load(Ordering::SeqCst) == 0 && sent.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let picked_up = sent.elapsed();
+        intake.cancel();
+        polling.await.unwrap().unwrap();
+        rig.finish().await;
+        // Pauses of 50 ms doubling to 1 s: about 7 receives in 3 s, against thousands.
+        assert!((3..=12).contains(&idle_receives), "{idle_receives} receives in 3 s of an empty queue");
+        assert_eq!(handled.load(Ordering::SeqCst), 1);
+        assert!(picked_up <= EMPTY_PAUSE_MAX + Duration::from_millis(500), "picked up after {picked_up:?}");
     }
 }
