@@ -20,6 +20,15 @@ pub(crate) fn receive_backoff(failures: u32) -> Duration {
     full / 2 + (full / 2).mul_f64(fastrand::f64())
 }
 
+/// Short polling: the pause after the `empties`-th empty answer in a row, 50 ms doubling to
+/// [`EMPTY_PAUSE_MAX`]. No jitter: it spaces one poller's requests, it does not spread a crowd.
+pub(crate) fn empty_receive_pause(empties: u32) -> Duration {
+    Duration::from_millis(50).saturating_mul(1u32 << empties.saturating_sub(1).min(16)).min(EMPTY_PAUSE_MAX)
+}
+
+/// The longest pause between short polls of an empty queue.
+pub(crate) const EMPTY_PAUSE_MAX: Duration = Duration::from_secs(1);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,6 +56,13 @@ mod tests {
     #[test]
     fn zero_minimum_means_retry_at_once() {
         assert_eq!(failure_backoff(3, Duration::ZERO, Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn empty_receive_pauses_double_and_cap() {
+        let pauses: Vec<u64> = (1..=7).map(|n| empty_receive_pause(n).as_millis() as u64).collect();
+        assert_eq!(pauses, [50, 100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(empty_receive_pause(u32::MAX), EMPTY_PAUSE_MAX);
     }
 
     #[test]

@@ -163,8 +163,8 @@ impl Message {
         Self::shared(id.into().into(), body.into().into(), Arc::default())
     }
 
-    /// A message whose id, body and message attributes are shared with its sender (the
-    /// memory queue's stored copy).
+    /// A message from its id, body and message attributes, taken as they are (shared with
+    /// the memory queue's stored copy; moved from an SQS answer), as if received once.
     pub(crate) fn shared(
         id: Arc<str>,
         body: Arc<str>,
@@ -270,7 +270,7 @@ impl Message {
             map.insert("MessageGroupId".to_owned(), group.clone());
         }
         if let Some(sequence) = delivery.sequence {
-            map.insert("SequenceNumber".to_owned(), format!("{sequence:020}"));
+            map.insert("SequenceNumber".to_owned(), crate::queue::memory::sequence_number(sequence));
         }
         if let Some(dedup) = &delivery.dedup_id {
             map.insert("MessageDeduplicationId".to_owned(), dedup.to_string());

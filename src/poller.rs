@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Error;
-use crate::backoff::receive_backoff;
+use crate::backoff::{EMPTY_PAUSE_MAX, empty_receive_pause, receive_backoff};
 use crate::dispatch::Dispatcher;
 use crate::queue::{Queue, QueueError, ReceiveRequest};
 
@@ -64,19 +64,14 @@ impl Activity {
 
 static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
 
-/// Short polling (`wait_time` zero): the first pause after an empty receive, and the longest,
-/// doubling in between while the queue stays empty.
-const EMPTY_PAUSE_MIN: Duration = Duration::from_millis(50);
-const EMPTY_PAUSE_MAX: Duration = Duration::from_secs(1);
-
 impl Poller {
     /// Polls until `intake` is cancelled (then `Ok`) or the queue fails in a way retrying
     /// cannot heal (then the error, saying what to fix).
     pub(crate) async fn run(self) -> Result<(), Error> {
         let mut failures = 0u32;
         let mut backlog = false;
-        // Short polling: the pause before the next receive while the queue answers empty.
-        let mut empty_pause: Option<Duration> = None;
+        // Short polling: empty answers in a row.
+        let mut empties = 0u32;
         // FIFO: a receive that failed in transit is retried with the same attempt id and
         // size, so SQS returns the messages it may already have handed out.
         let mut retry: Option<(ReceiveRequest, Vec<OwnedSemaphorePermit>)> = None;
@@ -162,20 +157,17 @@ impl Poller {
                     // once, so an empty queue would be asked again and again (each a billed
                     // request on SQS). Pause, longer while it stays empty.
                     if self.wait_time.is_zero() && empty {
-                        let pause = empty_pause.map_or(EMPTY_PAUSE_MIN, |p| (p * 2).min(EMPTY_PAUSE_MAX));
-                        if empty_pause.is_none() {
+                        empties += 1;
+                        if empties == 1 {
                             tracing::debug!(
                                 max_pause_ms = EMPTY_PAUSE_MAX.as_millis() as u64,
                                 "queue empty with short polling (HOLDFAST_WAIT_TIME=0): pausing between receives"
                             );
                         }
-                        empty_pause = Some(pause);
-                        tokio::select! {
-                            biased;
-                            _ = self.intake.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(pause) => {}
+                        if !self.pause(empty_receive_pause(empties)).await {
+                            return Ok(());
                         }
-                    } else if !empty && empty_pause.take().is_some() {
+                    } else if !empty && std::mem::take(&mut empties) > 0 {
                         tracing::debug!("messages again: short polls without a pause");
                     }
                 }
@@ -194,13 +186,20 @@ impl Poller {
                     } else {
                         drop(permits);
                     }
-                    tokio::select! {
-                        biased;
-                        _ = self.intake.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(pause) => {}
+                    if !self.pause(pause).await {
+                        return Ok(());
                     }
                 }
             }
+        }
+    }
+
+    /// Waits `pause`; `false` when shutdown began first.
+    async fn pause(&self, pause: Duration) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.intake.cancelled() => false,
+            _ = tokio::time::sleep(pause) => true,
         }
     }
 

@@ -32,6 +32,7 @@ struct Stored {
     id: Arc<str>,
     body: Arc<str>,
     attributes: Arc<HashMap<String, crate::MessageAttribute>>,
+    /// When it was sent, in whole milliseconds (`SentTimestamp`'s precision).
     sent_at: SystemTime,
     group_id: Option<String>,
     /// FIFO: the deduplication id the sender gave.
@@ -52,9 +53,7 @@ impl Stored {
     fn to_message(&self, fifo: bool) -> Message {
         let mut message = Message::shared(self.id.clone(), self.body.clone(), self.attributes.clone());
         message.receive_count = self.receive_count.max(1);
-        // SentTimestamp is whole milliseconds, as SQS sends it.
-        let sent_ms = self.sent_at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
-        message.sent_timestamp = Some(SystemTime::UNIX_EPOCH + Duration::from_millis(sent_ms as u64));
+        message.sent_timestamp = Some(self.sent_at);
         message.group_id = self.group_id.clone();
         message.complete_memory_delivery(MemoryDelivery {
             first_received: self.first_received,
@@ -297,7 +296,7 @@ impl MemoryQueue {
                 id: id.as_str().into(),
                 body: message.body.as_str().into(),
                 attributes: Arc::new(message.attributes.clone()),
-                sent_at: SystemTime::now(),
+                sent_at: whole_millis(SystemTime::now()),
                 group_id: message.group_id.clone(),
                 dedup_id: if self.inner.fifo { message.deduplication_id.as_deref().map(Arc::from) } else { None },
                 sent: now,
@@ -441,8 +440,15 @@ impl MemoryQueue {
 }
 
 /// A FIFO message's `SequenceNumber`: SQS's are 20-digit decimal strings.
-fn sequence_number(seq: u64) -> String {
+/// A FIFO message's `SequenceNumber`, as SQS writes it: 20 digits.
+pub(crate) fn sequence_number(seq: u64) -> String {
     format!("{seq:020}")
+}
+
+/// `t` to whole milliseconds since the epoch: `SentTimestamp`'s precision, as SQS sends it.
+fn whole_millis(t: SystemTime) -> SystemTime {
+    let ms = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms as u64)
 }
 
 /// A delivery's receipt handle: the queue instance, the message and the delivery.

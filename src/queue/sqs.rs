@@ -86,22 +86,21 @@ fn seconds(d: std::time::Duration) -> i32 {
 }
 
 fn convert(m: aws_sdk_sqs::types::Message, received_at: tokio::time::Instant) -> Option<Message> {
-    let id = m.message_id?;
-    let mut message = Message::new(id, m.body.unwrap_or_default());
+    let message_attributes = m
+        .message_attributes
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, v)| {
+            let bytes = v.binary_value.map(Blob::into_inner);
+            MessageAttribute::with_type(v.data_type, v.string_value, bytes).map(|a| (name, a))
+        })
+        .collect();
+    let body = m.body.unwrap_or_default();
+    let mut message = Message::shared(m.message_id?.into(), body.into(), Arc::new(message_attributes));
     message.receipt_handle = m.receipt_handle?.into();
     message.received_at = received_at;
     message.attributes = SystemAttributes::sent(
         m.attributes.unwrap_or_default().into_iter().map(|(k, v)| (k.as_str().to_owned(), v)).collect(),
-    );
-    message.message_attributes = Arc::new(
-        m.message_attributes
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(name, v)| {
-                let bytes = v.binary_value.map(Blob::into_inner);
-                MessageAttribute::with_type(v.data_type, v.string_value, bytes).map(|a| (name, a))
-            })
-            .collect(),
     );
     message.derive_system_fields();
     Some(message)
