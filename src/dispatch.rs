@@ -451,7 +451,9 @@ impl Dispatcher {
             Ok(Err(error)) if is_permanent(&error) && self.dead_letter.is_some() && !lost => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 let reason = format!("handler failed, not retryable: {}", self.failure_text(&error));
-                match self.dead_letter(message, &reason, took).await {
+                // Boxed: the send's state (560 bytes) would otherwise be part of every
+                // message task's future, for as long as the message is in flight.
+                match Box::pin(self.dead_letter(message, &reason, took)).await {
                     Ok(()) => Settled::Done,
                     Err(()) => self.back_off(message, lost, &reason, took),
                 }
