@@ -180,6 +180,10 @@ pub struct Config {
     pub ack_interval: Duration,
     /// `HOLDFAST_ACK_CONCURRENCY`: batch acknowledgement requests in flight at once (default 4).
     pub ack_concurrency: usize,
+    /// `HOLDFAST_RECEIVE_CONCURRENCY`: receives in flight at once per queue, at most (default
+    /// 16). A queue runs one poller per ten slots of its share of the concurrency, up to this
+    /// many; each holds an HTTP connection and, on an idle queue, a long poll.
+    pub receive_concurrency: usize,
     /// `HOLDFAST_LOG_FORMAT`: `text` or `json` (default text).
     pub log_format: LogFormat,
     /// `RUST_LOG`: which log lines to write, as a tracing filter (default `info`).
@@ -240,6 +244,7 @@ impl Default for Config {
             batch_window: Duration::from_millis(10),
             ack_interval: Duration::from_millis(100),
             ack_concurrency: 4,
+            receive_concurrency: 16,
             log_format: LogFormat::Text,
             log_filter: None,
             log_message_content: false,
@@ -306,6 +311,7 @@ pub const VARIABLES: &[&str] = &[
     "HOLDFAST_BATCH_WINDOW",
     "HOLDFAST_ACK_INTERVAL",
     "HOLDFAST_ACK_CONCURRENCY",
+    "HOLDFAST_RECEIVE_CONCURRENCY",
     "HOLDFAST_LOG_FORMAT",
     "RUST_LOG",
     "HOLDFAST_LOG_MESSAGE_CONTENT",
@@ -487,6 +493,9 @@ impl Config {
         }
         if let Some(v) = get("HOLDFAST_ACK_CONCURRENCY") {
             config.ack_concurrency = parse_int("HOLDFAST_ACK_CONCURRENCY", &v, 1, 64)?;
+        }
+        if let Some(v) = get("HOLDFAST_RECEIVE_CONCURRENCY") {
+            config.receive_concurrency = parse_int("HOLDFAST_RECEIVE_CONCURRENCY", &v, 1, 1_000)?;
         }
         if let Some(v) = get("HOLDFAST_LOG_FORMAT") {
             config.log_format = match v.trim().to_ascii_lowercase().as_str() {
@@ -737,6 +746,7 @@ mod tests {
             ("HOLDFAST_BATCH_WINDOW", "0"),
             ("HOLDFAST_ACK_INTERVAL", "50ms"),
             ("HOLDFAST_ACK_CONCURRENCY", "1"),
+            ("HOLDFAST_RECEIVE_CONCURRENCY", "2"),
             ("HOLDFAST_LOG_FORMAT", "JSON"),
         ])
         .unwrap();
@@ -752,6 +762,7 @@ mod tests {
         assert_eq!(c.batch_window, Duration::ZERO);
         assert_eq!(c.ack_interval, Duration::from_millis(50));
         assert_eq!(c.ack_concurrency, 1);
+        assert_eq!(c.receive_concurrency, 2);
         assert_eq!(c.log_format, LogFormat::Json);
     }
 
@@ -785,6 +796,7 @@ mod tests {
             ("HOLDFAST_BATCH_WINDOW", "2s", "from 0s to 1s"),
             ("HOLDFAST_ACK_INTERVAL", "1m", "from 0s to 10s"),
             ("HOLDFAST_ACK_CONCURRENCY", "100", "whole number from 1 to 64"),
+            ("HOLDFAST_RECEIVE_CONCURRENCY", "0", "whole number from 1 to 1000"),
             ("HOLDFAST_LOG_FORMAT", "xml", "text or json"),
             ("RUST_LOG", "holdfast=loud", "a tracing filter"),
             ("RUST_LOG", "lots", "a tracing filter"),

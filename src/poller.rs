@@ -28,6 +28,9 @@ pub(crate) struct Poller {
     /// Held by the one poller of the queue gathering slots: freed slots go to it until its
     /// batch is full, not a few to each poller, which would each wait out the batch window.
     pub(crate) gathering: Arc<Mutex<()>>,
+    /// The receives the queue may have in flight at once (`receive_concurrency`), shared by
+    /// its pollers.
+    pub(crate) receives: Arc<Semaphore>,
     /// When a receive last returned messages, for exit-when-idle.
     pub(crate) activity: Arc<Activity>,
     /// How long a receive in flight at shutdown may take to finish (zero: dropped at once).
@@ -76,6 +79,7 @@ impl Poller {
         // size, so SQS returns the messages it may already have handed out.
         let mut retry: Option<(ReceiveRequest, Vec<OwnedSemaphorePermit>)> = None;
         loop {
+            let retrying = retry.is_some();
             let (request, mut permits) = match retry.take() {
                 Some(pending) => pending,
                 None => {
@@ -118,6 +122,18 @@ impl Poller {
             // SQS keeps serving a receive whose client went away, and what it takes then
             // would stay hidden, counted as received, with nobody handling it. At shutdown the
             // receive is left to finish (within its limit) and what it brings is released.
+            // One of the queue's receives in flight: each lasts at most the wait time, so the
+            // wait for one is bounded. A FIFO retry goes out even at shutdown (its messages
+            // may already be on their way), as its receive's first try would have.
+            let receive_turn = if retrying {
+                self.receives.clone().acquire_owned().await.ok()
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = self.intake.cancelled() => return Ok(()),
+                    turn = self.receives.clone().acquire_owned() => turn.ok(),
+                }
+            };
             self.activity.receiving.fetch_add(1, Ordering::SeqCst);
             let received = {
                 let receive = self.queue.receive(&request);
@@ -134,6 +150,7 @@ impl Poller {
                 }
             };
             self.activity.receiving.fetch_sub(1, Ordering::SeqCst);
+            drop(receive_turn);
             match received {
                 Ok(mut messages) => {
                     self.dispatcher.telemetry.receive_ok(&messages);
@@ -334,6 +351,7 @@ mod tests {
                 batch_target: slots.min(BATCH_MAX),
                 batch_window: Duration::ZERO,
                 gathering: Arc::default(),
+                receives: Arc::new(Semaphore::new(crate::Config::default().receive_concurrency)),
                 activity: Arc::new(Activity::new()),
                 shutdown_receive: Duration::from_secs(25),
             };

@@ -404,6 +404,9 @@ impl Worker {
             // they to add up to more, one poller could never fill its batch: at every turn it
             // would wait out the batch window, and the freed slots it took would sit idle.
             let count = share.div_ceil(BATCH_MAX);
+            // Fewer receives than pollers may be in flight at once: each holds a connection
+            // and, on an idle queue, a long poll billed every wait time.
+            let receives = Arc::new(tokio::sync::Semaphore::new(config.receive_concurrency));
             let gathering = Arc::new(tokio::sync::Mutex::new(()));
             for index in 0..count {
                 let batch_target = share / count + usize::from(index < share % count);
@@ -418,6 +421,7 @@ impl Worker {
                     batch_target,
                     batch_window: config.batch_window,
                     gathering: gathering.clone(),
+                    receives: receives.clone(),
                     activity: activity.clone(),
                     shutdown_receive: config.shutdown_receive.limit(config.drain_timeout),
                 };
@@ -435,6 +439,7 @@ impl Worker {
             queues = lanes.len(),
             concurrency = config.concurrency,
             pollers = pollers.len(),
+            receive_concurrency = config.receive_concurrency,
             visibility_timeout_s = config.visibility_timeout.as_secs(),
             drain_timeout_s = config.drain_timeout.as_secs(),
             "worker started"

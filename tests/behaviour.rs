@@ -417,3 +417,51 @@ async fn freed_slots_are_refilled_without_waiting_out_the_batch_window() {
         );
     }
 }
+
+/// A queue keeps at most `HOLDFAST_RECEIVE_CONCURRENCY` receives in flight (16 by default),
+/// not one per ten slots: at concurrency 1,000 an idle queue held 100 long polls, each a
+/// connection and a billed request every 20 s. The slots still all fill: 1,000 messages of
+/// long handlers are all in flight at once.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn receives_in_flight_are_capped_and_every_slot_still_fills() {
+    for (cap, expected) in [(None, 16), (Some(4), 4)] {
+        let memory = holdfast::MemoryQueue::new("capped");
+        let queue = holdfast::Queue::memory(&memory);
+        let mut config = holdfast::Config::default();
+        config.concurrency = 1_000;
+        if let Some(cap) = cap {
+            config.receive_concurrency = cap;
+        }
+        let release = Arc::new(Notify::new());
+        let gate = release.clone();
+        let worker = Worker::new(config).queue(queue.clone()).protection(holdfast::Protection::off()).handler(
+            handler_fn(move |_msg, _ctx| {
+                let gate = gate.clone();
+                async move {
+                    gate.notified().await;
+                    Ok::<_, BoxError>(Outcome::Ack)
+                }
+            }),
+        );
+        let (run, stop) = start(worker);
+        // Idle: every poller's long poll (20 s) is in flight, and no more.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(queue.request_counts().receive, expected, "receives in flight on an idle queue (cap {cap:?})");
+        for i in 0..1_000 {
+            queue.send(holdfast::OutgoingMessage::new(i.to_string())).await.unwrap();
+        }
+        let filled = Instant::now();
+        while memory.in_flight_len() < 1_000 {
+            assert!(filled.elapsed() < Duration::from_secs(60), "{} of 1,000 in flight", memory.in_flight_len());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        release.notify_waiters();
+        while memory.in_flight_len() > 0 {
+            release.notify_waiters();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.notify_one();
+        let summary = run.await.unwrap().unwrap();
+        assert_eq!(summary.succeeded, 1_000);
+    }
+}
