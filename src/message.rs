@@ -1,5 +1,6 @@
 //! A received message, as a handler sees it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -237,13 +238,20 @@ impl Message {
     /// SQS system attributes (`SentTimestamp`, `ApproximateReceiveCount`,
     /// `ApproximateFirstReceiveTimestamp`, `SenderId`, `MessageGroupId`, …), as SQS names them.
     pub fn attributes(&self) -> &HashMap<String, String> {
-        self.attributes.map.get_or_init(|| Arc::new(self.memory_attributes()))
+        self.attributes.map.get_or_init(|| match &self.attributes.sent {
+            Some(sent) => Arc::new(sent.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()),
+            None => Arc::new(self.memory_attributes()),
+        })
     }
 
-    /// One system attribute as SQS sent it, without building the map of a memory-queue
-    /// delivery (which never carries more than its typed fields say).
+    /// One system attribute as SQS sent it, without building the map (a memory-queue
+    /// delivery never carries more than its typed fields say).
     pub(crate) fn sent_system_attribute(&self, name: &str) -> Option<&str> {
-        self.attributes.map.get()?.get(name).map(String::as_str)
+        if let Some(map) = self.attributes.map.get() {
+            return map.get(name).map(String::as_str);
+        }
+        let sent = self.attributes.sent.as_deref()?;
+        sent.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// The system attributes, to change (tests).
@@ -309,36 +317,60 @@ impl Message {
     /// SNS envelope unwrapped.
     pub(crate) fn derive_system_fields(&mut self) {
         self.unwrap_sns();
-        let attributes = self.attributes();
-        let receive_count = attributes.get("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
-        let sent_timestamp = attributes
-            .get("SentTimestamp")
+        let get = |name| self.sent_system_attribute(name);
+        let receive_count = get("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+        let sent_timestamp = get("SentTimestamp")
             .and_then(|v| v.parse::<u64>().ok())
             .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
-        let group_id = attributes.get("MessageGroupId").cloned();
+        let group_id = get("MessageGroupId").map(str::to_owned);
         (self.receive_count, self.sent_timestamp, self.group_id) = (receive_count, sent_timestamp, group_id);
     }
 
     /// Completes a memory-queue delivery, whose typed fields are already set: its system
     /// attribute map is built only if asked for, and an SNS envelope is unwrapped.
     pub(crate) fn complete_memory_delivery(&mut self, delivery: MemoryDelivery) {
-        self.attributes = SystemAttributes { map: OnceLock::new(), memory: Some(delivery) };
+        self.attributes = SystemAttributes { memory: Some(delivery), ..SystemAttributes::default() };
         self.unwrap_sns();
     }
 }
 
-/// A message's SQS system attributes: the map SQS sent, or, for a memory-queue delivery, the
-/// typed fields it is built from when first asked for (most handlers never ask).
+/// A message's SQS system attributes as a map, built when first asked for (most handlers
+/// never ask) from the pairs SQS sent or from a memory-queue delivery's typed fields.
 #[derive(Clone, Default)]
 pub(crate) struct SystemAttributes {
     map: OnceLock<Arc<HashMap<String, String>>>,
+    /// What SQS sent: one allocation for the pairs, the names of the attributes SQS knows
+    /// not copied, where a map cost a table and a copy of every name.
+    sent: Option<SentPairs>,
     memory: Option<MemoryDelivery>,
 }
 
+/// System attribute names and values as SQS sent them.
+type SentPairs = Arc<[(Cow<'static, str>, String)]>;
+
+/// The system attributes SQS documents, so that a received name need not be copied.
+const SYSTEM_ATTRIBUTE_NAMES: [&str; 10] = [
+    "ApproximateReceiveCount",
+    "ApproximateFirstReceiveTimestamp",
+    "SentTimestamp",
+    "SenderId",
+    "AWSTraceHeader",
+    "MessageGroupId",
+    "MessageDeduplicationId",
+    "SequenceNumber",
+    "DeadLetterQueueSourceArn",
+    "SqsManagedSseEnabled",
+];
+
 impl SystemAttributes {
-    /// The map SQS sent.
-    pub(crate) fn sent(map: HashMap<String, String>) -> Self {
-        Self { map: OnceLock::from(Arc::new(map)), memory: None }
+    /// The pairs SQS sent.
+    pub(crate) fn sent<K: AsRef<str>>(pairs: impl IntoIterator<Item = (K, String)>) -> Self {
+        let name = |k: &str| match SYSTEM_ATTRIBUTE_NAMES.iter().find(|n| **n == k) {
+            Some(known) => Cow::Borrowed(*known),
+            None => Cow::Owned(k.to_owned()),
+        };
+        let sent = pairs.into_iter().map(|(k, v)| (name(k.as_ref()), v)).collect();
+        Self { sent: Some(sent), ..Self::default() }
     }
 }
 

@@ -99,9 +99,7 @@ fn convert(m: aws_sdk_sqs::types::Message, received_at: tokio::time::Instant) ->
     let mut message = Message::shared(m.message_id?.into(), body.into(), Arc::new(message_attributes));
     message.receipt_handle = m.receipt_handle?.into();
     message.received_at = received_at;
-    message.attributes = SystemAttributes::sent(
-        m.attributes.unwrap_or_default().into_iter().map(|(k, v)| (k.as_str().to_owned(), v)).collect(),
-    );
+    message.attributes = SystemAttributes::sent(m.attributes.unwrap_or_default());
     message.derive_system_fields();
     Some(message)
 }
@@ -197,5 +195,41 @@ impl QueueBackend for SqsBackend {
         }
         let out = call.send().await.map_err(|e| classify("SendMessage", e))?;
         Ok(out.message_id.unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use aws_sdk_sqs::types::{Message as SdkMessage, MessageSystemAttributeName as Name};
+
+    use super::*;
+
+    /// A received message keeps SQS's system attributes as pairs: the typed fields and the
+    /// trace header read them without a map, and the map a handler asks for has them all,
+    /// a name SQS adds later included.
+    #[test]
+    fn system_attributes_from_sqs_are_kept_whole() {
+        let sdk = SdkMessage::builder()
+            .message_id("m-1")
+            .receipt_handle("r-1")
+            .body("{}")
+            .attributes(Name::ApproximateReceiveCount, "3")
+            .attributes(Name::SentTimestamp, "1700000000123")
+            .attributes(Name::MessageGroupId, "g1")
+            .attributes(Name::AwsTraceHeader, "Root=1-5759e988-bd862e3fe1be46a994272793")
+            .attributes(Name::from("SomethingNew"), "x")
+            .build();
+        let m = convert(sdk, tokio::time::Instant::now()).expect("id and receipt present");
+        assert_eq!(m.receive_count(), 3);
+        assert_eq!(m.group_id(), Some("g1"));
+        assert_eq!(m.sent_timestamp(), Some(std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)));
+        assert_eq!(m.sent_system_attribute("AWSTraceHeader"), Some("Root=1-5759e988-bd862e3fe1be46a994272793"));
+        let map = m.attributes();
+        assert_eq!(map.len(), 5, "{map:?}");
+        assert_eq!(map.get("SomethingNew").map(String::as_str), Some("x"));
+        assert_eq!(map.get("ApproximateReceiveCount").map(String::as_str), Some("3"));
+        assert_eq!(m.sent_system_attribute("SomethingNew"), Some("x"), "read from the map once built");
     }
 }
