@@ -133,7 +133,9 @@ pub struct Message {
     pub(crate) group_id: Option<String>,
     /// The body as it sits in the queue, when it differs from `body` (an SNS envelope).
     pub(crate) raw_body: Option<Arc<str>>,
-    pub(crate) sns: Option<SnsNotification>,
+    // Boxed, as are a memory delivery's extra fields: most messages have neither, and a
+    // message is held inline in its task for as long as it is in flight.
+    pub(crate) sns: Option<Box<SnsNotification>>,
     /// The SQS message attributes, when SNS's were merged into `message_attributes`.
     pub(crate) queue_attributes: Option<Arc<HashMap<String, MessageAttribute>>>,
     pub(crate) receipt_handle: Arc<str>,
@@ -220,7 +222,7 @@ impl Message {
 
     /// The SNS notification this message arrived in, if it came through an SNS subscription.
     pub fn sns(&self) -> Option<&SnsNotification> {
-        self.sns.as_ref()
+        self.sns.as_deref()
     }
 
     /// Deserializes the body as JSON.
@@ -329,7 +331,7 @@ impl Message {
     /// Completes a memory-queue delivery, whose typed fields are already set: its system
     /// attribute map is built only if asked for, and an SNS envelope is unwrapped.
     pub(crate) fn complete_memory_delivery(&mut self, delivery: MemoryDelivery) {
-        self.attributes = SystemAttributes { memory: Some(delivery), ..SystemAttributes::default() };
+        self.attributes = SystemAttributes { memory: Some(Box::new(delivery)), ..SystemAttributes::default() };
         self.unwrap_sns();
     }
 }
@@ -342,7 +344,7 @@ pub(crate) struct SystemAttributes {
     /// What SQS sent: one allocation for the pairs, the names of the attributes SQS knows
     /// not copied, where a map cost a table and a copy of every name.
     sent: Option<SentPairs>,
-    memory: Option<MemoryDelivery>,
+    memory: Option<Box<MemoryDelivery>>,
 }
 
 /// System attribute names and values as SQS sent them.
@@ -438,12 +440,12 @@ impl Message {
                 }
             }
         }
-        self.sns = Some(SnsNotification {
+        self.sns = Some(Box::new(SnsNotification {
             topic_arn: envelope.topic_arn,
             message_id: envelope.message_id,
             subject: envelope.subject,
             timestamp: envelope.timestamp,
-        });
+        }));
         self.raw_body = Some(std::mem::replace(&mut self.body, envelope.message.into()));
     }
 }
