@@ -100,6 +100,7 @@ fn cases_for(variable: &str) -> Vec<(&'static str, String, Expect)> {
         "HOLDFAST_EXIT_WHEN_IDLE" => duration_cases(Refused, false),
         "HOLDFAST_CONCURRENCY" => integer_cases(10_000),
         "HOLDFAST_ACK_CONCURRENCY" => integer_cases(64),
+        "HOLDFAST_RECEIVE_CONCURRENCY" => integer_cases(1_000),
         "HOLDFAST_PROTECTION_EXPIRES_IN_MINUTES" => integer_cases(2880),
         "HOLDFAST_WAIT_TIME" => {
             let mut c = duration_cases(Accepted, true);
