@@ -119,9 +119,6 @@ impl Poller {
                     (request, permits)
                 }
             };
-            // SQS keeps serving a receive whose client went away, and what it takes then
-            // would stay hidden, counted as received, with nobody handling it. At shutdown the
-            // receive is left to finish (within its limit) and what it brings is released.
             // One of the queue's receives in flight: each lasts at most the wait time, so the
             // wait for one is bounded. A FIFO retry goes out even at shutdown (its messages
             // may already be on their way), as its receive's first try would have.
@@ -134,6 +131,9 @@ impl Poller {
                     turn = self.receives.clone().acquire_owned() => turn.ok(),
                 }
             };
+            // SQS keeps serving a receive whose client went away, and what it takes then
+            // would stay hidden, counted as received, with nobody handling it. At shutdown the
+            // receive is left to finish (within its limit) and what it brings is released.
             self.activity.receiving.fetch_add(1, Ordering::SeqCst);
             let received = {
                 let receive = self.queue.receive(&request);
