@@ -38,6 +38,7 @@ sqs_server_start --as-test-server
 trap 'sqs_server_stop; moto_stop' EXIT
 echo "== cargo test behaviour + delivery (SQS server: holdfast-sqs-server at $HOLDFAST_TEST_SQS_ENDPOINT)"
 cargo test --locked --test behaviour --test delivery -- --test-threads 8 sqs::
+cargo test --locked --test hung_calls
 sqs_server_stop
 scripts/check-sqs-clients.sh
 # The peer benchmark's short run (debug builds, a few hundred messages, about a minute): each

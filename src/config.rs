@@ -180,6 +180,11 @@ pub struct Config {
     pub ack_interval: Duration,
     /// `HOLDFAST_ACK_CONCURRENCY`: batch acknowledgement requests in flight at once (default 4).
     pub ack_concurrency: usize,
+    /// `HOLDFAST_SQS_TIMEOUT`: how long an SQS call may go without an answer before it is
+    /// abandoned and made again, beyond the wait a receive asks the server for (default 10 s).
+    /// A connection that takes a request and stays silent would otherwise hold the call, and
+    /// what waits on it (a poller, the acker, the heartbeat), forever.
+    pub sqs_timeout: Duration,
     /// `HOLDFAST_RECEIVE_CONCURRENCY`: receives in flight at once per queue, at most (default
     /// 16). A queue runs one poller per ten slots of its share of the concurrency, up to this
     /// many; each holds an HTTP connection and, on an idle queue, a long poll.
@@ -245,6 +250,7 @@ impl Default for Config {
             ack_interval: Duration::from_millis(100),
             ack_concurrency: 4,
             receive_concurrency: 16,
+            sqs_timeout: crate::queue::CALL_TIMEOUT,
             log_format: LogFormat::Text,
             log_filter: None,
             log_message_content: false,
@@ -312,6 +318,7 @@ pub const VARIABLES: &[&str] = &[
     "HOLDFAST_ACK_INTERVAL",
     "HOLDFAST_ACK_CONCURRENCY",
     "HOLDFAST_RECEIVE_CONCURRENCY",
+    "HOLDFAST_SQS_TIMEOUT",
     "HOLDFAST_LOG_FORMAT",
     "RUST_LOG",
     "HOLDFAST_LOG_MESSAGE_CONTENT",
@@ -496,6 +503,10 @@ impl Config {
         }
         if let Some(v) = get("HOLDFAST_RECEIVE_CONCURRENCY") {
             config.receive_concurrency = parse_int("HOLDFAST_RECEIVE_CONCURRENCY", &v, 1, 1_000)?;
+        }
+        if let Some(v) = get("HOLDFAST_SQS_TIMEOUT") {
+            config.sqs_timeout =
+                parse_duration("HOLDFAST_SQS_TIMEOUT", &v, Duration::from_secs(1), Duration::from_secs(300), false)?;
         }
         if let Some(v) = get("HOLDFAST_LOG_FORMAT") {
             config.log_format = match v.trim().to_ascii_lowercase().as_str() {
@@ -747,6 +758,7 @@ mod tests {
             ("HOLDFAST_ACK_INTERVAL", "50ms"),
             ("HOLDFAST_ACK_CONCURRENCY", "1"),
             ("HOLDFAST_RECEIVE_CONCURRENCY", "2"),
+            ("HOLDFAST_SQS_TIMEOUT", "30s"),
             ("HOLDFAST_LOG_FORMAT", "JSON"),
         ])
         .unwrap();
@@ -763,6 +775,7 @@ mod tests {
         assert_eq!(c.ack_interval, Duration::from_millis(50));
         assert_eq!(c.ack_concurrency, 1);
         assert_eq!(c.receive_concurrency, 2);
+        assert_eq!(c.sqs_timeout, Duration::from_secs(30));
         assert_eq!(c.log_format, LogFormat::Json);
     }
 
@@ -797,6 +810,7 @@ mod tests {
             ("HOLDFAST_ACK_INTERVAL", "1m", "from 0s to 10s"),
             ("HOLDFAST_ACK_CONCURRENCY", "100", "whole number from 1 to 64"),
             ("HOLDFAST_RECEIVE_CONCURRENCY", "0", "whole number from 1 to 1000"),
+            ("HOLDFAST_SQS_TIMEOUT", "0", "from 1s to 5m"),
             ("HOLDFAST_LOG_FORMAT", "xml", "text or json"),
             ("RUST_LOG", "holdfast=loud", "a tracing filter"),
             ("RUST_LOG", "lots", "a tracing filter"),

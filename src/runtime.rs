@@ -340,6 +340,14 @@ impl Worker {
         if routes.is_empty() {
             return Err(Error::Incomplete("a handler (Worker::handler or Worker::route)"));
         }
+        // No SQS call waits for an answer longer than its limit, whoever built the client.
+        let routes: Vec<_> = routes
+            .into_iter()
+            .map(|(queue, work, dead_letter)| {
+                let limit = config.sqs_timeout;
+                (queue.with_call_timeout(limit), work, dead_letter.map(|q| q.with_call_timeout(limit)))
+            })
+            .collect();
         let protection = match self.protection {
             Some(protection) => protection,
             None => {

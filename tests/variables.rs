@@ -138,6 +138,12 @@ fn cases_for(variable: &str) -> Vec<(&'static str, String, Expect)> {
             c.push(("out of range", "11s".to_owned(), Refused));
             c
         }
+        "HOLDFAST_SQS_TIMEOUT" => {
+            let mut c = duration_cases(Refused, false);
+            c.push(("out of range", "500ms".to_owned(), Refused));
+            c.push(("out of range", "301s".to_owned(), Refused));
+            c
+        }
         "HOLDFAST_LOG_FORMAT" => word_cases("jsno"),
         // A filter that does not parse; which bare words count as filters is RUST_LOG's own
         // grammar (tracing's EnvFilter).

@@ -138,6 +138,10 @@ impl fmt::Display for QueueError {
     }
 }
 
+/// How long an SQS call may go unanswered, beyond a receive's wait, by default
+/// (`HOLDFAST_SQS_TIMEOUT`).
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The calls the runtime makes on a queue.
 #[async_trait]
 pub(crate) trait QueueBackend: Send + Sync + 'static {
@@ -184,6 +188,9 @@ pub struct Queue {
     fifo: bool,
     backend: Arc<dyn QueueBackend>,
     counters: Arc<Counters>,
+    /// How long a call may go unanswered (beyond a receive's wait) before it is abandoned
+    /// as a transient failure; `None` for the embedded queue, which answers or waits by design.
+    call_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for Queue {
@@ -197,7 +204,9 @@ impl Queue {
     pub fn sqs(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
         let url: String = queue_url.into();
         let fifo = url.ends_with(".fifo");
-        Self::from_backend(url.clone(), fifo, sqs::SqsBackend::new(client, url))
+        let mut queue = Self::from_backend(url.clone(), fifo, sqs::SqsBackend::new(client, url));
+        queue.call_timeout = Some(CALL_TIMEOUT);
+        queue
     }
 
     /// The embedded in-memory queue.
@@ -219,7 +228,36 @@ impl Queue {
     }
 
     pub(crate) fn from_backend(url: String, fifo: bool, backend: impl QueueBackend) -> Self {
-        Self { url: url.into(), fifo, backend: Arc::new(backend), counters: Arc::default() }
+        Self { url: url.into(), fifo, backend: Arc::new(backend), counters: Arc::default(), call_timeout: None }
+    }
+
+    /// This queue (sharing its request counts) with SQS calls abandoned after `limit`
+    /// without an answer (a receive: after its wait time and `limit`). No change for the
+    /// embedded queue.
+    pub(crate) fn with_call_timeout(&self, limit: Duration) -> Self {
+        let mut queue = self.clone();
+        if queue.call_timeout.is_some() {
+            queue.call_timeout = Some(limit);
+        }
+        queue
+    }
+
+    /// `call`, abandoned (a transient failure, so retried like any other) once it has gone
+    /// `waits` plus the call timeout without an answer.
+    async fn bounded<T>(
+        &self,
+        action: &str,
+        waits: Duration,
+        call: impl Future<Output = Result<T, QueueError>>,
+    ) -> Result<T, QueueError> {
+        let Some(limit) = self.call_timeout else { return call.await };
+        let limit = waits + limit;
+        tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+            Err(QueueError::transient(format!(
+                "{action}: no answer within {} ms (HOLDFAST_SQS_TIMEOUT beyond the call's own wait); the call was abandoned and its connection closed",
+                limit.as_millis()
+            )))
+        })
     }
 
     /// Whether this is a FIFO queue (its name ends in `.fifo`, or a FIFO [`MemoryQueue`]).
@@ -249,20 +287,19 @@ impl Queue {
     /// The queue refused the message or could not be reached.
     pub async fn send(&self, message: OutgoingMessage) -> Result<String, crate::Error> {
         self.counters.send.fetch_add(1, Ordering::Relaxed);
-        self.backend.send(&message).await.map_err(|e| crate::Error::Queue {
-            queue_url: self.url.to_string(),
-            message: format!("SendMessage failed: {e}"),
+        self.bounded("SendMessage", Duration::ZERO, self.backend.send(&message)).await.map_err(|e| {
+            crate::Error::Queue { queue_url: self.url.to_string(), message: format!("SendMessage failed: {e}") }
         })
     }
 
     pub(crate) async fn receive(&self, request: &ReceiveRequest) -> Result<Vec<Message>, QueueError> {
         self.counters.receive.fetch_add(1, Ordering::Relaxed);
-        self.backend.receive(request).await
+        self.bounded("ReceiveMessage", request.wait_time, self.backend.receive(request)).await
     }
 
     pub(crate) async fn delete_batch(&self, entries: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
         self.counters.delete.fetch_add(1, Ordering::Relaxed);
-        self.backend.delete_batch(entries).await
+        self.bounded("DeleteMessageBatch", Duration::ZERO, self.backend.delete_batch(entries)).await
     }
 
     pub(crate) async fn change_visibility_batch(
@@ -270,7 +307,8 @@ impl Queue {
         entries: &[BatchEntry],
     ) -> Result<Vec<BatchFailure>, QueueError> {
         self.counters.change_visibility.fetch_add(1, Ordering::Relaxed);
-        self.backend.change_visibility_batch(entries).await
+        self.bounded("ChangeMessageVisibilityBatch", Duration::ZERO, self.backend.change_visibility_batch(entries))
+            .await
     }
 }
 
