@@ -6,6 +6,8 @@
 //! wait), says so, tries again, and loses and duplicates nothing.
 
 mod common;
+#[path = "support/http_message.rs"]
+mod http_message;
 #[path = "support/log_capture.rs"]
 mod log_capture;
 
@@ -17,6 +19,7 @@ use std::time::Duration;
 
 use common::{Backend, Calls, Options, TestQueue};
 use holdfast::{BoxError, Outcome, Queue, Worker, handler_fn};
+use http_message::read_message;
 use log_capture::Capture;
 use tracing::level_filters::LevelFilter;
 
@@ -54,27 +57,6 @@ fn proxy(upstream: String, hang: &[&'static str]) -> (String, Arc<Seen>) {
         }
     });
     (format!("http://{address}"), seen)
-}
-
-/// Reads one HTTP/1.1 message (head and Content-Length body) from `stream`.
-fn read_message(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-                .unwrap_or(0);
-            while buffer.len() < end + 4 + length {
-                let n = stream.read(&mut chunk).ok().filter(|&n| n > 0)?;
-                buffer.extend_from_slice(&chunk[..n]);
-            }
-            return Some(buffer.drain(..end + 4 + length).collect());
-        }
-        let n = stream.read(&mut chunk).ok().filter(|&n| n > 0)?;
-        buffer.extend_from_slice(&chunk[..n]);
-    }
 }
 
 /// The SQS action a request names (`X-Amz-Target: AmazonSQS.ReceiveMessage`).
@@ -125,17 +107,6 @@ fn serve(mut client: TcpStream, upstream: &str, seen: &Seen) {
     }
 }
 
-/// An SQS client that goes through `proxy`.
-fn client_through(proxy: &str) -> aws_sdk_sqs::Client {
-    let config = aws_sdk_sqs::Config::builder()
-        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "holdfast-tests"))
-        .endpoint_url(proxy)
-        .build();
-    aws_sdk_sqs::Client::from_conf(config)
-}
-
 /// `jobs` messages on a fresh queue, handled by a worker that reaches the server through a
 /// proxy swallowing the first `hang` request, each job taking `work`. Returns the handler's
 /// calls, what the proxy saw and the worker's warnings, once every job is deleted (or after
@@ -152,7 +123,7 @@ async fn run(
     }
     let upstream = common::endpoint().trim_start_matches("http://").trim_end_matches('/').to_owned();
     let (address, seen) = proxy(upstream, &[hang]);
-    let queue = Queue::sqs(client_through(&address), q.queue.url());
+    let queue = Queue::sqs(common::sqs_client_at(&address), q.queue.url());
     let mut config = q.config();
     config.sqs_timeout = Duration::from_secs(1);
     config.visibility_timeout = Duration::from_secs(8);

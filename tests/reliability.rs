@@ -9,15 +9,18 @@
 //! (`scripts/soak.sh`).
 
 mod common;
+#[path = "support/http_message.rs"]
+mod http_message;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use holdfast::{BoxError, Context, Message, Outcome, Worker, handler_fn};
+use http_message::read_message;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -418,34 +421,6 @@ fn fault_proxy(upstream: String, rate: f64, lifetime: Duration, counts: Arc<Faul
         }
     });
     format!("http://{address}")
-}
-
-/// Reads one HTTP/1.1 request or response head and its Content-Length body.
-fn read_message(stream: &mut impl Read, buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-                .unwrap_or(0);
-            let total = end + 4 + length;
-            while buffer.len() < total {
-                let n = stream.read(&mut chunk).ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buffer.extend_from_slice(&chunk[..n]);
-            }
-            return Some(buffer.drain(..total).collect());
-        }
-        let n = stream.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-    }
 }
 
 fn serve(mut client: std::net::TcpStream, upstream: &str, rate: f64, seed: u64, until: Instant, counts: &FaultCounts) {

@@ -32,11 +32,16 @@ pub fn endpoint() -> String {
 }
 
 pub fn sqs_client() -> aws_sdk_sqs::Client {
+    sqs_client_at(&endpoint())
+}
+
+/// A client of the local SQS server's kind (test credentials, us-east-1) at `endpoint`.
+pub fn sqs_client_at(endpoint: &str) -> aws_sdk_sqs::Client {
     let config = aws_sdk_sqs::Config::builder()
         .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
         .region(aws_sdk_sqs::config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "holdfast-tests"))
-        .endpoint_url(endpoint())
+        .endpoint_url(endpoint)
         .build();
     aws_sdk_sqs::Client::from_conf(config)
 }
