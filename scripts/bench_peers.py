@@ -86,6 +86,8 @@ class Bench:
             return [self.bins["bench_worker"]], env, None
         if kind == "bare":
             return [self.bins["sqs_loop"], url, str(arg)], env, None
+        if kind == "bare-attributes":
+            return [self.bins["sqs_loop"], url, str(arg), "attributes"], env, None
         mode, slots = arg
         argv = ["node", "sqs_consumer.mjs", url, mode, str(slots), str(handler_ms)]
         return argv, env, self.node_dir
@@ -235,6 +237,8 @@ def describe(consumer):
         return f"holdfast, concurrency {arg}"
     if kind == "bare":
         return f"bare aws-sdk-sqs loop x{arg}"
+    if kind == "bare-attributes":
+        return f"bare loop x{arg}, asking every attribute"
     mode, slots = arg
     if str(slots).startswith("x"):
         return f"sqs-consumer {mode} x{slots[1:]}"
@@ -294,6 +298,7 @@ def main():
         ("sqs-consumer", ("batch", "x4")),
         ("bare", 1),
         ("bare", 4),
+        ("bare-attributes", 4),
     ]
     if "noop" in wanted:
         print(f"== no-op handler, {a.messages} messages, {runs} run(s) each, interleaved", flush=True)
