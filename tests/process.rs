@@ -2,13 +2,16 @@
 //! itself as the child worker (`process child`), so nothing else needs building; the parent
 //! talks to the local SQS server started by `scripts/test.sh`.
 
+#[path = "support/child_worker.rs"]
+mod child_worker;
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, ExitCode, Stdio, Termination};
+use std::io::Read;
+use std::process::{Command, ExitCode, Stdio, Termination};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use child_worker::Running;
 use holdfast::{BoxError, Message, Outcome, Worker, handler_fn};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -53,74 +56,6 @@ fn child_returning_result() -> ExitCode {
     runtime.block_on(worker()).report()
 }
 
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: Vec<String>,
-}
-
-impl Running {
-    fn start(env: &[(&str, String)]) -> Running {
-        Self::start_as("child", env)
-    }
-
-    fn start_as(mode: &str, env: &[(&str, String)]) -> Running {
-        let mut command = Command::new(std::env::current_exe().unwrap());
-        command.arg(mode).env_clear().env("RUST_LOG", "info").stderr(Stdio::piped()).stdout(Stdio::null());
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().expect("spawn child worker");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running { child, lines, log: Vec::new() }
-    }
-
-    /// Waits until a log line contains `text`.
-    fn wait_for(&mut self, text: &str, limit: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + limit;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let found = line.contains(text);
-                    self.log.push(line);
-                    if found {
-                        return Ok(());
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        Err(format!("no log line with {text:?} within {limit:?}; log:\n{}", self.log.join("\n")))
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).expect("kill");
-    }
-
-    /// Waits for the exit; returns the code and how long it took.
-    fn wait_exit(&mut self, limit: Duration) -> Result<(i32, Duration), String> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let took = start.elapsed();
-                self.log.extend(self.lines.try_iter());
-                return Ok((status.code().unwrap_or(-1), took));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.child.kill();
-        Err(format!("the worker did not exit within {limit:?}; log:\n{}", self.log.join("\n")))
-    }
-}
-
 fn sqs_env(queue_url: &str) -> Vec<(&'static str, String)> {
     vec![
         ("HOLDFAST_QUEUE_URL", queue_url.to_owned()),
@@ -152,7 +87,7 @@ async fn sigterm_mid_job_finishes_and_exits_zero() -> Result<(), String> {
     worker.wait_for("job started", Duration::from_secs(20))?;
     std::thread::sleep(Duration::from_millis(300));
     worker.signal(Signal::SIGTERM);
-    let (code, took) = worker.wait_exit(Duration::from_secs(15))?;
+    let (code, took) = worker.wait_exit_code(Duration::from_secs(15))?;
     let log = worker.log.join("\n");
     ensure(code == 0, || format!("exit code {code}; log:\n{log}"))?;
     ensure(took >= Duration::from_millis(2000), || format!("exited after {took:?}, before the job could finish"))?;
@@ -176,7 +111,7 @@ async fn idle_sigterm_waits_for_the_receive_or_abandons_it() -> Result<(), Strin
         worker.wait_for("worker started", Duration::from_secs(20))?;
         std::thread::sleep(Duration::from_millis(500));
         worker.signal(Signal::SIGTERM);
-        let (code, took) = worker.wait_exit(Duration::from_secs(15))?;
+        let (code, took) = worker.wait_exit_code(Duration::from_secs(15))?;
         let log = worker.log.join("\n");
         println!("    idle SIGTERM -> exit, HOLDFAST_SHUTDOWN_RECEIVE={mode}, wait time {wait_s} s: {took:?}");
         ensure(code == 0, || format!("exit code {code}; log:\n{log}"))?;
@@ -199,7 +134,7 @@ async fn memory_queue_runs_without_aws() -> Result<(), String> {
         Running::start(&[("HOLDFAST_QUEUE_URL", "memory://local".into()), ("HOLDFAST_WAIT_TIME", "1".into())]);
     worker.wait_for("worker started", Duration::from_secs(10))?;
     worker.signal(Signal::SIGINT);
-    let (code, _) = worker.wait_exit(Duration::from_secs(5))?;
+    let (code, _) = worker.wait_exit_code(Duration::from_secs(5))?;
     ensure(code == 0, || format!("exit code {code}; log:\n{}", worker.log.join("\n")))
 }
 
@@ -207,14 +142,14 @@ async fn memory_queue_runs_without_aws() -> Result<(), String> {
 async fn a_bad_variable_stops_start_up() -> Result<(), String> {
     let mut worker =
         Running::start(&[("HOLDFAST_QUEUE_URL", "memory://local".into()), ("HOLDFAST_CONCURRENCY", "lots".into())]);
-    let (code, _) = worker.wait_exit(Duration::from_secs(5))?;
+    let (code, _) = worker.wait_exit_code(Duration::from_secs(5))?;
     let log = worker.log.join("\n");
     ensure(code == 2, || format!("exit code {code}"))?;
     ensure(log.contains(r#"HOLDFAST_CONCURRENCY="lots" is invalid: expected a whole number from 1 to 10000"#), || {
         log.clone()
     })?;
     let mut missing = Running::start(&[]);
-    let (code, _) = missing.wait_exit(Duration::from_secs(5))?;
+    let (code, _) = missing.wait_exit_code(Duration::from_secs(5))?;
     let log = missing.log.join("\n");
     ensure(code == 2 && log.contains("HOLDFAST_QUEUE_URL is not set"), || format!("exit {code}: {log}"))
 }
@@ -226,7 +161,7 @@ async fn a_main_returning_the_error_prints_one_clear_line() -> Result<(), String
         "child-result",
         &[("HOLDFAST_QUEUE_URL", "memory://local".into()), ("HOLDFAST_CONCURRENCY", "lots".into())],
     );
-    let (code, _) = worker.wait_exit(Duration::from_secs(5))?;
+    let (code, _) = worker.wait_exit_code(Duration::from_secs(5))?;
     let log = worker.log.join("\n");
     ensure(code == 1, || format!("exit code {code}; stderr:\n{log}"))?;
     let line = r#"Error: HOLDFAST_CONCURRENCY="lots" is invalid: expected a whole number from 1 to 10000"#;
@@ -240,7 +175,7 @@ async fn logs_to_a_pipe_have_no_colour() -> Result<(), String> {
         Running::start(&[("HOLDFAST_QUEUE_URL", "memory://local".into()), ("HOLDFAST_WAIT_TIME", "1".into())]);
     worker.wait_for("worker started", Duration::from_secs(10))?;
     worker.signal(Signal::SIGINT);
-    let (code, _) = worker.wait_exit(Duration::from_secs(5))?;
+    let (code, _) = worker.wait_exit_code(Duration::from_secs(5))?;
     let log = worker.log.join("\n");
     ensure(code == 0 && log.contains("worker stopped"), || format!("exit code {code}; log:\n{log}"))?;
     ensure(!log.contains('\x1b'), || format!("ANSI escape codes in piped logs:\n{log:?}"))

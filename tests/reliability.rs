@@ -8,21 +8,23 @@
 //! `RELIABILITY_FAULT_RATE` (default 0.2) sets the proxy's fault rate, for soak runs
 //! (`scripts/soak.sh`).
 
+#[path = "support/child_worker.rs"]
+mod child_worker;
 mod common;
 #[path = "support/http_message.rs"]
 mod http_message;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::io::Write;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use child_worker::{Running, tail};
 use holdfast::{BoxError, Context, Message, Outcome, Worker, handler_fn};
 use http_message::read_message;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64
@@ -70,90 +72,6 @@ fn child() -> ExitCode {
 
 fn scale() -> usize {
     std::env::var("RELIABILITY_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1)
-}
-
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: Vec<String>,
-}
-
-impl Running {
-    fn start(env: &[(&str, String)]) -> Running {
-        let mut command = Command::new(std::env::current_exe().unwrap());
-        command.arg("child").env_clear().env("RUST_LOG", "info").stderr(Stdio::piped()).stdout(Stdio::null());
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().expect("spawn child worker");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running { child, lines, log: Vec::new() }
-    }
-
-    fn wait_for(&mut self, text: &str, limit: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + limit;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let found = line.contains(text);
-                    self.log.push(line);
-                    if found {
-                        return Ok(());
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        Err(format!("no log line with {text:?} within {limit:?}; log:\n{}", self.log.join("\n")))
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).expect("kill");
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> Result<(Option<i32>, Duration), String> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let took = start.elapsed();
-                self.log.extend(self.lines.try_iter());
-                return Ok((status.code(), took));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        Err(format!("the worker did not exit within {limit:?}; log tail:\n{}", tail(&self.log)))
-    }
-
-    fn drain_log(&mut self) {
-        self.log.extend(self.lines.try_iter());
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.is_running() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn tail(log: &[String]) -> String {
-    log[log.len().saturating_sub(30)..].join("\n")
 }
 
 fn worker_env(
