@@ -342,7 +342,7 @@ pub const VARIABLES: &[&str] = &[
 
 /// Time kept between the end of the drain and ECS's SIGKILL: flushing acknowledgements and
 /// releasing protection.
-const STOP_MARGIN: Duration = Duration::from_secs(5);
+pub(crate) const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 const DURATION_FORMS: &str = "a duration such as 30, 30s, 500ms, 5m or 1h (a bare number is seconds)";
 

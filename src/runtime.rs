@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::acker::{AckStats, Acker};
-use crate::config::MetricsOutput;
+use crate::config::{MetricsOutput, STOP_MARGIN};
 use crate::dispatch::{Counters, Dispatcher, Work};
 use crate::events::{Event, Events, ProtectionEvent, ShutdownPhase, Subscription};
 use crate::health::Health;
@@ -541,11 +541,23 @@ impl Worker {
             let _ = progress.await;
         }
         let mut summary = Summary::default();
-        for lane in lanes {
+        // The deletes may take what is left of the margin before ECS's SIGKILL but one second,
+        // kept for releasing protection: a server that stops answering must not keep the
+        // worker past the stop timeout.
+        let flush_end = drain_end + STOP_MARGIN - Duration::from_secs(1);
+        for mut lane in lanes {
             let _ = lane.heartbeat.await;
             drop(lane.dispatcher);
-            if let Err(join) = lane.acker_task.await {
-                tracing::error!(queue = lane.queue.url(), %join, "acknowledgement task failed");
+            match tokio::time::timeout_at(flush_end, &mut lane.acker_task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(join)) => tracing::error!(queue = lane.queue.url(), %join, "acknowledgement task failed"),
+                Err(_) => {
+                    lane.acker_task.abort();
+                    tracing::warn!(
+                        queue = lane.queue.url(),
+                        "shutting down: the last deletes did not finish in time and were abandoned; their messages will be delivered again after their visibility timeout"
+                    );
+                }
             }
             summary.deleted += lane.ack_stats.deleted.load(Ordering::Relaxed);
             summary.delete_failed += lane.ack_stats.delete_failed.load(Ordering::Relaxed);

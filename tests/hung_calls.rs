@@ -28,6 +28,8 @@ use tracing::level_filters::LevelFilter;
 struct Seen {
     /// Actions still to swallow (the first request of each).
     to_hang: Mutex<Vec<&'static str>>,
+    /// Actions whose every request is swallowed.
+    always: Vec<&'static str>,
     /// Requests swallowed.
     held: AtomicUsize,
     /// Swallowed requests whose client then gave up and closed the connection.
@@ -37,12 +39,13 @@ struct Seen {
 }
 
 /// A proxy in front of `upstream` (host:port) that swallows the first request of each action
-/// in `hang` and passes everything else on. It stops taking connections after two minutes.
-fn proxy(upstream: String, hang: &[&'static str]) -> (String, Arc<Seen>) {
+/// in `hang`, every request of each in `always`, and passes everything else on. It stops
+/// taking connections after two minutes.
+fn proxy(upstream: String, hang: &[&'static str], always: &[&'static str]) -> (String, Arc<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
     let address = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
-    let seen = Arc::new(Seen { to_hang: Mutex::new(hang.to_vec()), ..Seen::default() });
+    let seen = Arc::new(Seen { to_hang: Mutex::new(hang.to_vec()), always: always.to_vec(), ..Seen::default() });
     let shared = seen.clone();
     std::thread::spawn(move || {
         let until = std::time::Instant::now() + Duration::from_secs(120);
@@ -81,7 +84,7 @@ fn serve(mut client: TcpStream, upstream: &str, seen: &Seen) {
         let swallow = {
             let mut to_hang = seen.to_hang.lock().unwrap();
             let at = to_hang.iter().position(|a| *a == name);
-            at.map(|at| to_hang.remove(at)).is_some()
+            at.map(|at| to_hang.remove(at)).is_some() || seen.always.iter().any(|a| *a == name)
         };
         if swallow {
             seen.held.fetch_add(1, Ordering::SeqCst);
@@ -107,6 +110,11 @@ fn serve(mut client: TcpStream, upstream: &str, seen: &Seen) {
     }
 }
 
+/// The local SQS server's host:port.
+fn upstream() -> String {
+    common::endpoint().trim_start_matches("http://").trim_end_matches('/').to_owned()
+}
+
 /// `jobs` messages on a fresh queue, handled by a worker that reaches the server through a
 /// proxy swallowing the first `hang` request, each job taking `work`. Returns the handler's
 /// calls, what the proxy saw and the worker's warnings, once every job is deleted (or after
@@ -121,8 +129,8 @@ async fn run(
     for i in 0..jobs {
         q.send(&format!("job-{i}")).await;
     }
-    let upstream = common::endpoint().trim_start_matches("http://").trim_end_matches('/').to_owned();
-    let (address, seen) = proxy(upstream, &[hang]);
+    let upstream = upstream();
+    let (address, seen) = proxy(upstream, &[hang], &[]);
     let queue = Queue::sqs(common::sqs_client_at(&address), q.queue.url());
     let mut config = q.config();
     config.sqs_timeout = Duration::from_secs(1);
@@ -193,4 +201,56 @@ async fn a_heartbeat_that_never_answers_is_abandoned_and_the_lease_kept() {
     check(&q, &calls, &seen, 1).await;
     assert!(warnings.contains("no answer within"), "the abandoned heartbeat is logged: {warnings}");
     assert!(!warnings.contains("lease lost"), "no lease was lost: {warnings}");
+}
+
+/// Deletes that never get an answer at all, at shutdown: the worker waits for them no longer
+/// than the margin it keeps before ECS's SIGKILL (the drain deadline and 4 s), says so and
+/// exits; the job is not lost but delivered again once its visibility runs out. Before, the
+/// shutdown waited for every attempt of the delete (five, each abandoned after
+/// `HOLDFAST_SQS_TIMEOUT`): close to a minute, long past any stop timeout.
+#[tokio::test]
+async fn deletes_that_never_answer_do_not_hold_the_shutdown_past_its_margin() {
+    let q = TestQueue::new(Backend::Sqs, "hung-flush", Options::default()).await;
+    q.send("job-0").await;
+    let (address, seen) = proxy(upstream(), &[], &["DeleteMessageBatch"]);
+    let queue = Queue::sqs(common::sqs_client_at(&address), q.queue.url());
+    let mut config = q.config();
+    config.drain_timeout = Duration::from_secs(2);
+    config.sqs_timeout = Duration::from_secs(10);
+    let calls = Calls::default();
+    let record = calls.clone();
+    let handler = handler_fn(move |m, _c| {
+        record.record(m.body(), m.receive_count());
+        async { Ok::<_, BoxError>(Outcome::Ack) }
+    });
+    let logs = Capture::new(LevelFilter::WARN).only("holdfast");
+    let _capturing = logs.install();
+    let (worker, stop) = common::start(Worker::new(config).queue(queue).handler(handler));
+    assert!(common::eventually(Duration::from_secs(20), || async { calls.len() == 1 }).await, "the job is handled");
+    assert!(
+        common::eventually(Duration::from_secs(5), || async { seen.held.load(Ordering::SeqCst) >= 1 }).await,
+        "its delete went out and got no answer"
+    );
+    let stopping = tokio::time::Instant::now();
+    stop.notify_one();
+    let summary = tokio::time::timeout(Duration::from_secs(30), worker)
+        .await
+        .expect("the worker stops within 30 s of its shutdown")
+        .unwrap()
+        .expect("worker run");
+    let took = stopping.elapsed();
+    eprintln!("shutdown with every delete unanswered took {took:?}");
+    assert!(
+        took < Duration::from_secs(8),
+        "the shutdown took {took:?}, past the drain deadline (2 s) and its 4 s margin"
+    );
+    assert_eq!(summary.deleted, 0, "no delete was answered");
+    let warnings = logs.text();
+    assert!(warnings.contains("did not finish in time"), "the abandoned deletes are logged: {warnings}");
+    // Not lost: visible again once its visibility (4 s) runs out.
+    assert!(
+        common::eventually(Duration::from_secs(20), || async { q.counts().await.0 == 1 }).await,
+        "the job is delivered again: {:?}",
+        q.counts().await
+    );
 }
