@@ -201,6 +201,10 @@ impl fmt::Debug for Queue {
 
 impl Queue {
     /// An SQS queue, reached with `client` (which carries region, credentials and endpoint).
+    ///
+    /// A call that gets no answer is abandoned after 10 s (a receive: after its wait time and
+    /// 10 s), besides any limit `client` sets itself; a worker running the queue uses its
+    /// `HOLDFAST_SQS_TIMEOUT` instead.
     pub fn sqs(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
         let url: String = queue_url.into();
         let fifo = url.ends_with(".fifo");
@@ -284,7 +288,8 @@ impl Queue {
     ///
     /// # Errors
     ///
-    /// The queue refused the message or could not be reached.
+    /// The queue refused the message, could not be reached, or (SQS) did not answer within
+    /// 10 s.
     pub async fn send(&self, message: OutgoingMessage) -> Result<String, crate::Error> {
         self.counters.send.fetch_add(1, Ordering::Relaxed);
         self.bounded("SendMessage", Duration::ZERO, self.backend.send(&message)).await.map_err(|e| {
