@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use holdfast::{BoxError, Config, MemoryQueue, Outcome, OutgoingMessage, Queue, Worker, handler_fn};
+use holdfast::{BoxError, Config, MemoryQueue, Outcome, OutgoingMessage, Queue, ReceiveOptions, Worker, handler_fn};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::sync::Notify;
@@ -91,6 +91,33 @@ async fn embedded(concurrency: usize, total: u64, batch_window: Duration) {
         cpu.as_micros() as f64 / total as f64,
         worker_requests(queue.request_counts()) as f64 / total as f64,
         run.shutdown.as_secs_f64(),
+    );
+}
+
+/// One receive of 10 and its delete on the embedded queue, with `in_flight` messages received
+/// earlier (older ones) still in flight: what a receive costs when it must get past them.
+async fn receive_behind_in_flight(in_flight: usize) {
+    let rounds = 2_000;
+    let memory = MemoryQueue::new(format!("behind-{in_flight}"));
+    let queue = Queue::memory(&memory);
+    for i in 0..in_flight + rounds * 10 {
+        queue.send(OutgoingMessage::new(i.to_string())).await.unwrap();
+    }
+    let mut kept = 0;
+    while kept < in_flight {
+        kept +=
+            memory.receive_messages(&ReceiveOptions::new().max_messages(10.min(in_flight - kept))).await.unwrap().len();
+    }
+    // Wall time: one task that never waits (CPU ticks of 10 ms are too coarse for this run).
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let got = memory.receive_messages(&ReceiveOptions::new().max_messages(10)).await.unwrap();
+        let receipts: Vec<&str> = got.iter().map(|d| d.receipt_handle()).collect();
+        memory.delete_messages(&receipts);
+    }
+    println!(
+        "embedded queue, receive 10 and delete them, {in_flight:>5} older messages in flight: {:.1} µs a round",
+        start.elapsed().as_secs_f64() * 1e6 / rounds as f64,
     );
 }
 
@@ -185,6 +212,9 @@ fn main() {
         embedded(100, 50_000 / scale, window).await;
         embedded(1000, 50_000 / scale, window).await;
         embedded(10, 50_000 / scale, Duration::ZERO).await;
+        for in_flight in [0, 1_000, 10_000] {
+            receive_behind_in_flight(in_flight).await;
+        }
     });
     if !full {
         return;

@@ -75,6 +75,32 @@ struct State {
     /// Deduplication key to when it was sent, its message id and sequence number.
     dedup: HashMap<String, (Instant, String, u64)>,
     settings: Settings,
+    skip: Skip,
+}
+
+/// Where a receive on a standard queue starts looking: every message before `below` is in
+/// flight (or delayed) until `until` at the earliest, so a receive steps over none of the
+/// messages in flight ahead of the visible ones. Every change of a message's visibility
+/// goes through [`Skip::changed`] to keep this true.
+#[derive(Debug, Default, Clone, Copy)]
+struct Skip {
+    below: u64,
+    /// `None`: no message before `below` comes back by itself.
+    until: Option<Instant>,
+}
+
+impl Skip {
+    /// The first sequence number worth looking at, at `now`.
+    fn start(&self, now: Instant) -> u64 {
+        if self.until.is_some_and(|until| until <= now) { 0 } else { self.below }
+    }
+
+    /// Message `seq` becomes visible at `at`.
+    fn changed(&mut self, seq: u64, at: Instant) {
+        if seq < self.below {
+            self.until = Some(self.until.map_or(at, |until| until.min(at)));
+        }
+    }
 }
 
 /// What can change while the queue is in use (an SQS queue's attributes).
@@ -316,7 +342,7 @@ impl MemoryQueue {
     fn take(&self, request: &ReceiveRequest) -> (Vec<Message>, Option<Instant>) {
         let now = Instant::now();
         let mut state = self.state();
-        let State { messages, receipts, next_receipt, settings, .. } = &mut *state;
+        let State { messages, receipts, next_receipt, settings, skip, .. } = &mut *state;
         let visibility =
             if request.visibility_timeout.is_zero() { settings.default_visibility } else { request.visibility_timeout };
         let max_receives = settings.redrive.as_ref().map(|(_, max)| *max);
@@ -328,10 +354,17 @@ impl MemoryQueue {
         // FIFO: a group is held from its first message that is not visible (in flight, or
         // waiting to come back), so a group's messages go out in order.
         let mut held: HashSet<&str> = HashSet::new();
-        for (seq, m) in messages.iter_mut() {
+        // A standard queue without a retention period leaves nothing visible behind a
+        // receive's look (each message seen is in flight, delayed, delivered now or
+        // dead-lettered), so the next receive can start where this one stopped.
+        let skipping = !self.inner.fifo && expired_before.is_none();
+        let start = if skipping { skip.start(now) } else { 0 };
+        let mut last_seen = None;
+        for (seq, m) in messages.range_mut(start..) {
             if out.len() >= request.max_messages {
                 break;
             }
+            last_seen = Some(*seq);
             if expired_before.is_some_and(|t| m.sent <= t) {
                 expired.push(*seq);
                 continue;
@@ -364,6 +397,14 @@ impl MemoryQueue {
             message.receipt_handle = receipt;
             message.received_at = now;
             out.push(message);
+        }
+        if start > 0 {
+            next_visible = [next_visible, skip.until].into_iter().flatten().min();
+        }
+        if let (true, Some(last)) = (skipping, last_seen) {
+            let delivered = (!out.is_empty()).then_some(now + visibility);
+            let until = [next_visible, delivered].into_iter().flatten().min();
+            *skip = Skip { below: last + 1, until };
         }
         let dead: Vec<Stored> = dead
             .iter()
@@ -523,7 +564,11 @@ impl QueueBackend for MemoryQueue {
         // A waiting long poll timed its wake on the old visibility: one made sooner must wake it.
         let mut sooner = false;
         for e in entries {
-            let Some(m) = state.receipts.get(&e.receipt_handle).copied().and_then(|seq| state.messages.get_mut(&seq))
+            let Some((seq, m)) = state
+                .receipts
+                .get(&e.receipt_handle)
+                .copied()
+                .and_then(|seq| Some(seq).zip(state.messages.get_mut(&seq)))
             else {
                 failures.push(invalid_receipt(&e.id));
                 continue;
@@ -546,6 +591,7 @@ impl QueueBackend for MemoryQueue {
             } else {
                 sooner |= now + e.visibility < m.visible_at;
                 m.visible_at = now + e.visibility;
+                state.skip.changed(seq, now + e.visibility);
             }
         }
         drop(state);
@@ -594,6 +640,85 @@ mod tests {
         assert_eq!(q.len(), 1);
         q.delete_batch(&[entry("a", &again[0].receipt_handle, 0)]).await.unwrap();
         assert!(q.is_empty());
+    }
+
+    /// Receives start past the messages in flight (`Skip`): checked against a model of
+    /// every message's visibility over random sends, receives (visibility 1 to 4 s),
+    /// deletes, visibility changes (heartbeats, releases, both APIs) and waits.
+    #[tokio::test(start_paused = true)]
+    async fn receives_that_start_past_the_messages_in_flight_miss_none_that_are_visible() {
+        struct Model {
+            body: String,
+            visible_at: Instant,
+            receipt: Option<String>,
+            deleted: bool,
+        }
+        let q = MemoryQueue::new("skip");
+        let mut model: Vec<Model> = Vec::new();
+        let mut rng = fastrand::Rng::with_seed(11);
+        let (mut received, mut released) = (0, 0);
+        for step in 0..4_000 {
+            let now = Instant::now();
+            let in_flight: Vec<usize> =
+                (0..model.len()).filter(|&i| !model[i].deleted && model[i].receipt.is_some()).collect();
+            match rng.u8(0..10) {
+                0..=2 => {
+                    let body = format!("m{step}");
+                    q.send(&OutgoingMessage::new(body.clone())).await.unwrap();
+                    model.push(Model { body, visible_at: now, receipt: None, deleted: false });
+                }
+                3..=4 => {
+                    let (max, visibility) = (rng.usize(1..=10), Duration::from_secs(rng.u64(1..=4)));
+                    let got =
+                        q.receive(&ReceiveRequest { visibility_timeout: visibility, ..request(max, 0) }).await.unwrap();
+                    let expected: Vec<usize> = (0..model.len())
+                        .filter(|&i| !model[i].deleted && model[i].visible_at <= now)
+                        .take(max)
+                        .collect();
+                    let bodies: Vec<&str> = got.iter().map(|m| m.body()).collect();
+                    let wanted: Vec<&str> = expected.iter().map(|&i| model[i].body.as_str()).collect();
+                    assert_eq!(bodies, wanted, "step {step}");
+                    for (&i, m) in expected.iter().zip(&got) {
+                        model[i].visible_at = now + visibility;
+                        model[i].receipt = Some(m.receipt_handle.to_string());
+                    }
+                    received += got.len();
+                }
+                5 if !in_flight.is_empty() => {
+                    let i = in_flight[rng.usize(..in_flight.len())];
+                    q.delete_message(model[i].receipt.as_deref().unwrap()).unwrap();
+                    model[i].deleted = true;
+                }
+                6..=7 if !in_flight.is_empty() => {
+                    let i = in_flight[rng.usize(..in_flight.len())];
+                    // A release (zero) one time in three, else a heartbeat or a retry's backoff.
+                    let timeout = Duration::from_millis(if rng.u8(0..3) == 0 { 0 } else { rng.u64(1..3_000) });
+                    let receipt = model[i].receipt.clone().unwrap();
+                    let answer = if rng.bool() {
+                        q.change_visibility(&receipt, timeout).map_err(|e| e.code().to_owned())
+                    } else {
+                        let entries =
+                            [BatchEntry { id: "e".into(), receipt_handle: receipt.into(), visibility: timeout }];
+                        match q.change_visibility_batch(&entries).await.unwrap().pop() {
+                            None => Ok(()),
+                            Some(failure) => Err(failure.code),
+                        }
+                    };
+                    if model[i].visible_at > now {
+                        assert_eq!(answer, Ok(()), "step {step}");
+                        model[i].visible_at = now + timeout;
+                        released += usize::from(timeout.is_zero());
+                    } else {
+                        assert_eq!(answer, Err("MessageNotInflight".to_owned()), "step {step}");
+                    }
+                }
+                _ => tokio::time::sleep(Duration::from_millis(rng.u64(0..1_500))).await,
+            }
+        }
+        assert!(
+            received > 1_000 && released > 10,
+            "the run exercised the queue: {received} received, {released} released"
+        );
     }
 
     #[tokio::test(start_paused = true)]

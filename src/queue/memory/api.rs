@@ -179,10 +179,11 @@ impl MemoryQueue {
         if visibility == Some(Duration::ZERO) && !messages.is_empty() {
             let now = Instant::now();
             let mut state = self.state();
-            let State { messages: stored, receipts, .. } = &mut *state;
+            let State { messages: stored, receipts, skip, .. } = &mut *state;
             for m in &messages {
                 if let Some(s) = receipts.get(&m.receipt_handle).and_then(|seq| stored.get_mut(seq)) {
                     s.visible_at = now;
+                    skip.changed(s.seq, now);
                 }
             }
             drop(state);
@@ -256,7 +257,7 @@ impl MemoryQueue {
         let answers = entries
             .iter()
             .map(|&(r, timeout)| {
-                let State { messages, receipts, .. } = &mut *state;
+                let State { messages, receipts, skip, .. } = &mut *state;
                 let Some(m) = receipts.get(r).and_then(|seq| messages.get_mut(seq)) else {
                     return Err(if self.issued(r) {
                         MemoryQueueError::new(
@@ -284,6 +285,7 @@ impl MemoryQueue {
                     ))
                 } else {
                     m.visible_at = now + timeout;
+                    skip.changed(m.seq, m.visible_at);
                     released |= timeout.is_zero();
                     Ok(())
                 }
