@@ -69,7 +69,7 @@ async fn drain_queue(queue: Queue, total: u64, mut config: Config) -> Drained {
     Drained { drained, cpu_at_drained, shutdown: took - drained }
 }
 
-async fn embedded(concurrency: usize, total: u64, batch_window: Duration) {
+async fn embedded(concurrency: usize, total: u64, batch_window: Duration, runtime: &str) {
     let memory = MemoryQueue::new(format!("bench-{concurrency}"));
     let queue = Queue::memory(&memory);
     for i in 0..total {
@@ -85,7 +85,7 @@ async fn embedded(concurrency: usize, total: u64, batch_window: Duration) {
     // Rate and CPU to the last message handled; the shutdown after it waits out the long
     // poll in flight on the empty queue (up to the 1 s wait time), and is shown apart.
     println!(
-        "embedded queue, no-op handler, concurrency {concurrency:>3}, batch window {batch_window:>5?}: {total} messages in {:.3} s = {:>7.0} msg/s, {:.1} µs CPU/msg, {:.3} requests/msg; then shutdown {:.2} s",
+        "embedded queue, no-op handler, {runtime}, concurrency {concurrency:>4}, batch window {batch_window:>5?}: {total} messages in {:.3} s = {:>7.0} msg/s, {:.1} µs CPU/msg, {:.3} requests/msg; then shutdown {:.2} s",
         run.drained.as_secs_f64(),
         total as f64 / run.drained.as_secs_f64(),
         cpu.as_micros() as f64 / total as f64,
@@ -206,16 +206,26 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let scale = if full { 1 } else { 20 };
+    let window = Config::default().batch_window;
+    let threads = format!("{} worker threads", runtime.metrics().num_workers());
     runtime.block_on(async {
-        let window = Config::default().batch_window;
-        embedded(10, 50_000 / scale, window).await;
-        embedded(100, 50_000 / scale, window).await;
-        embedded(1000, 50_000 / scale, window).await;
-        embedded(10, 50_000 / scale, Duration::ZERO).await;
+        embedded(10, 50_000 / scale, window, &threads).await;
+        embedded(100, 50_000 / scale, window, &threads).await;
+        embedded(1000, 50_000 / scale, window, &threads).await;
+        embedded(10, 50_000 / scale, Duration::ZERO, &threads).await;
         for in_flight in [0, 1_000, 10_000] {
             receive_behind_in_flight(in_flight).await;
         }
     });
+    // The same on one core: one worker thread, as `#[tokio::main]` gives a task of one vCPU
+    // (or TOKIO_WORKER_THREADS=1). More messages, so 10 ms CPU ticks resolve it.
+    let one = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    one.block_on(async {
+        embedded(10, 200_000 / scale, window, "1 worker thread").await;
+        embedded(100, 200_000 / scale, window, "1 worker thread").await;
+        embedded(1000, 200_000 / scale, window, "1 worker thread").await;
+    });
+    drop(one);
     if !full {
         return;
     }
