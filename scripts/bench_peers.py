@@ -28,6 +28,7 @@ import urllib.request
 
 TICK = os.sysconf("SC_CLK_TCK")
 DRAIN_LIMIT_S = 180
+ONE_THREAD = "@1thread"
 START_LIMIT_S = 30
 
 
@@ -46,7 +47,7 @@ class Bench:
             AWS_SECRET_ACCESS_KEY="test",
             RUST_LOG="warn",
         )
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "HOLDFAST_QUEUE_URL", "COPILOT_QUEUE_URI"):
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "HOLDFAST_QUEUE_URL", "COPILOT_QUEUE_URI", "TOKIO_WORKER_THREADS"):
             self.env.pop(name, None)
 
     # --- the server -------------------------------------------------------------------
@@ -81,6 +82,11 @@ class Bench:
     def command(self, consumer, url, handler_ms):
         kind, arg = consumer
         env = dict(self.env)
+        if kind.endswith(ONE_THREAD):
+            # A Rust consumer on one tokio worker thread, as #[tokio::main] gives a task of
+            # one vCPU.
+            kind = kind[: -len(ONE_THREAD)]
+            env["TOKIO_WORKER_THREADS"] = "1"
         if kind == "holdfast":
             env.update(HOLDFAST_QUEUE_URL=url, HOLDFAST_CONCURRENCY=str(arg), **arg_env(handler_ms))
             return [self.bins["bench_worker"]], env, None
@@ -233,6 +239,8 @@ def stop(process):
 
 def describe(consumer):
     kind, arg = consumer
+    if kind.endswith(ONE_THREAD):
+        return describe((kind[: -len(ONE_THREAD)], arg)) + ", 1 worker thread"
     if kind == "holdfast":
         return f"holdfast, concurrency {arg}"
     if kind == "bare":
@@ -299,6 +307,10 @@ def main():
         ("bare", 1),
         ("bare", 4),
         ("bare-attributes", 4),
+        ("holdfast" + ONE_THREAD, 10),
+        ("holdfast" + ONE_THREAD, 40),
+        ("bare" + ONE_THREAD, 4),
+        ("bare-attributes" + ONE_THREAD, 4),
     ]
     if "noop" in wanted:
         print(f"== no-op handler, {a.messages} messages, {runs} run(s) each, interleaved", flush=True)

@@ -6,12 +6,18 @@
 //! that can heal (throttling, a server error, a dropped connection) are retried with
 //! backoff; entries SQS refuses for good (a stale receipt handle) are logged. When every
 //! sender is gone, whatever is pending is flushed before the task ends.
+//!
+//! Acknowledgements not yet answered by SQS are counted ([`Backlog`]): when deletes fall
+//! behind the handlers (a slow or failing SQS, too few requests in flight for the rate), the
+//! pollers stop taking messages until half the backlog is gone, instead of piling up
+//! messages whose visibility runs out before their delete is sent.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -22,6 +28,9 @@ use crate::telemetry::Telemetry;
 /// Attempts per batch entry before it is given up (the message then comes back after its
 /// visibility timeout, so nothing is lost, it is only delivered again).
 const MAX_ATTEMPTS: u32 = 5;
+
+/// Acknowledgements taken off the channel at one wake of the acker.
+const RECEIVE_AT_ONCE: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -44,10 +53,104 @@ pub(crate) struct AckStats {
     pub(crate) delete_failed: AtomicU64,
 }
 
+/// The acknowledgements sent to the acker and not yet settled (answered by SQS, or given
+/// up): queued, batching, or in a request. At `limit` the pollers wait until it is down to
+/// `resume`.
+#[derive(Debug)]
+pub(crate) struct Backlog {
+    waiting: AtomicUsize,
+    limit: usize,
+    resume: usize,
+    behind: AtomicBool,
+    settled: Notify,
+    /// Milliseconds since `start` of the last warning about it, so that a saturated acker
+    /// logs once a minute, not at every pause.
+    warned_ms: AtomicU64,
+    start: Instant,
+}
+
+/// At most one warning a minute about acknowledgements behind.
+const BEHIND_WARN_EVERY: Duration = Duration::from_secs(60);
+
+impl Backlog {
+    /// A backlog that holds the pollers at `limit` acknowledgements, until half are settled.
+    pub(crate) fn new(limit: usize) -> Self {
+        let limit = limit.max(BATCH_MAX);
+        Self {
+            waiting: AtomicUsize::new(0),
+            limit,
+            resume: limit / 2,
+            behind: AtomicBool::new(false),
+            settled: Notify::new(),
+            warned_ms: AtomicU64::new(u64::MAX),
+            start: Instant::now(),
+        }
+    }
+
+    /// Acknowledgements not yet settled.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    fn settle(&self, n: usize) {
+        let left = self.waiting.fetch_sub(n, Ordering::SeqCst) - n;
+        if left <= self.resume && self.behind.swap(false, Ordering::SeqCst) {
+            tracing::debug!(waiting = left, "acknowledgements caught up: receiving again");
+            self.settled.notify_waiters();
+        }
+    }
+
+    /// Whether a poller should wait before it takes more messages.
+    pub(crate) fn is_behind(&self) -> bool {
+        self.behind.load(Ordering::SeqCst) || self.waiting() >= self.limit
+    }
+
+    /// Returns once there is room for more messages: at once below the limit; else when the
+    /// backlog is down to half (each request ends within its retries, so this is bounded).
+    pub(crate) async fn room(&self) {
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.behind.load(Ordering::SeqCst) {
+                let waiting = self.waiting();
+                if waiting < self.limit {
+                    return;
+                }
+                if !self.behind.swap(true, Ordering::SeqCst) {
+                    self.report(waiting);
+                }
+            }
+            // Settled meanwhile, before `behind` was set: nobody else will say so.
+            if self.waiting() <= self.resume && self.behind.swap(false, Ordering::SeqCst) {
+                self.settled.notify_waiters();
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn report(&self, waiting: usize) {
+        let now = self.start.elapsed().as_millis() as u64;
+        let last = self.warned_ms.load(Ordering::Relaxed);
+        let due = last == u64::MAX || now.saturating_sub(last) >= BEHIND_WARN_EVERY.as_millis() as u64;
+        if due && self.warned_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            tracing::warn!(
+                waiting,
+                resume_at = self.resume,
+                "acknowledgements are behind the handlers: receives paused until half are sent (SQS slow or failing, or too few requests in flight for the rate: raise HOLDFAST_ACK_CONCURRENCY); said at most once a minute"
+            );
+        } else {
+            tracing::debug!(waiting, resume_at = self.resume, "acknowledgements behind: receives paused");
+        }
+    }
+}
+
 /// The sending side; cheap to clone. The acker task ends once every clone is dropped.
 #[derive(Debug, Clone)]
 pub(crate) struct Acker {
     tx: mpsc::UnboundedSender<Request>,
+    backlog: Arc<Backlog>,
 }
 
 impl Acker {
@@ -58,20 +161,30 @@ impl Acker {
         concurrency: usize,
     ) -> (Acker, Arc<AckStats>, tokio::task::JoinHandle<()>) {
         let telemetry = Telemetry::detached(queue.url());
-        Self::spawn_observed(queue, interval, concurrency, telemetry)
+        Self::spawn_observed(queue, interval, concurrency, 1_000, telemetry)
     }
 
-    /// The acker of `queue`, reporting to `telemetry`.
+    /// The acker of `queue`, reporting to `telemetry`, for a worker of `slots` handler
+    /// slots: it lets the acknowledgements not yet settled reach twice the slots, or twice
+    /// what its `concurrency` requests carry, whichever is more, before the pollers wait.
     pub(crate) fn spawn_observed(
         queue: Queue,
         interval: Duration,
         concurrency: usize,
+        slots: usize,
         telemetry: Telemetry,
     ) -> (Acker, Arc<AckStats>, tokio::task::JoinHandle<()>) {
+        let concurrency = concurrency.max(1);
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(AckStats::default());
-        let task = tokio::spawn(run(queue, interval, concurrency.max(1), rx, stats.clone(), telemetry));
-        (Acker { tx }, stats, task)
+        let backlog = Arc::new(Backlog::new(2 * slots.max(BATCH_MAX * concurrency)));
+        let task = tokio::spawn(run(queue, interval, concurrency, rx, stats.clone(), telemetry, backlog.clone()));
+        (Acker { tx, backlog }, stats, task)
+    }
+
+    /// The acknowledgements not yet settled, which hold the pollers back when behind.
+    pub(crate) fn backlog(&self) -> &Arc<Backlog> {
+        &self.backlog
     }
 
     /// Deletes the message.
@@ -91,7 +204,9 @@ impl Acker {
             receipt_handle: message.receipt_handle.clone(),
             visibility,
         };
+        self.backlog.waiting.fetch_add(1, Ordering::SeqCst);
         if self.tx.send(request).is_err() {
+            self.backlog.settle(1);
             // Only possible if the acker task died; the message comes back after its
             // visibility timeout.
             tracing::error!(message_id = %message.id, "acknowledgement dropped: the acker has stopped");
@@ -101,14 +216,14 @@ impl Acker {
 
 #[derive(Debug, Default)]
 struct Pending {
-    requests: Vec<Request>,
+    requests: VecDeque<Request>,
     since: Option<Instant>,
 }
 
 impl Pending {
     fn push(&mut self, request: Request) {
         self.since.get_or_insert_with(Instant::now);
-        self.requests.push(request);
+        self.requests.push_back(request);
     }
 
     fn ready(&self, now: Instant, interval: Duration, closing: bool) -> bool {
@@ -135,7 +250,9 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Request>,
     stats: Arc<AckStats>,
     telemetry: Telemetry,
+    backlog: Arc<Backlog>,
 ) {
+    let mut incoming = Vec::with_capacity(RECEIVE_AT_ONCE);
     let mut deletes = Pending::default();
     let mut changes = Pending::default();
     let mut in_flight = JoinSet::new();
@@ -145,7 +262,12 @@ async fn run(
         for pending in [&mut deletes, &mut changes] {
             while in_flight.len() < concurrency && pending.ready(now, interval, !open) {
                 let batch = pending.take();
-                in_flight.spawn(send_batch(queue.clone(), batch, stats.clone(), telemetry.clone()));
+                let (backlog, sent) = (backlog.clone(), batch.len());
+                let send = send_batch(queue.clone(), batch, stats.clone(), telemetry.clone());
+                in_flight.spawn(async move {
+                    send.await;
+                    backlog.settle(sent);
+                });
             }
         }
         if !open && deletes.requests.is_empty() && changes.requests.is_empty() && in_flight.is_empty() {
@@ -155,11 +277,12 @@ async fn run(
         tokio::select! {
             biased;
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-            request = rx.recv(), if open => match request {
-                Some(r) if r.kind == Kind::Delete => deletes.push(r),
-                Some(r) => changes.push(r),
-                None => open = false,
-            },
+            received = rx.recv_many(&mut incoming, RECEIVE_AT_ONCE), if open => {
+                open = received > 0;
+                for r in incoming.drain(..) {
+                    if r.kind == Kind::Delete { deletes.push(r) } else { changes.push(r) }
+                }
+            }
             _ = tokio::time::sleep_until(next_due.unwrap_or(now)), if next_due.is_some() && in_flight.len() < concurrency => {}
         }
     }

@@ -107,6 +107,18 @@ impl Poller {
                         }
                     }
                     let Some(permits) = self.take_slots(backlog).await else { return Ok(()) };
+                    // Deletes behind the handlers: receive nothing more until half of what
+                    // waits for one is settled (each request ends within its retries). Asked
+                    // once the slots are free, so the handlers that freed them have acked.
+                    let acks = self.dispatcher.acker.backlog();
+                    if acks.is_behind() {
+                        let _paused = self.dispatcher.telemetry.health().pause();
+                        tokio::select! {
+                            biased;
+                            _ = self.intake.cancelled() => return Ok(()),
+                            _ = acks.room() => {}
+                        }
+                    }
                     let attempt_id = self.queue.is_fifo().then(|| {
                         format!("holdfast-{}-{}", std::process::id(), ATTEMPTS.fetch_add(1, Ordering::Relaxed))
                     });
@@ -318,13 +330,26 @@ mod tests {
     impl Rig {
         /// The rig and its poller, with `slots` slots.
         fn new(queue: &Queue, intake: &CancellationToken, slots: usize, wait_time: Duration) -> (Self, Poller) {
+            Self::with_acker_for(queue, intake, slots, wait_time, 1_000)
+        }
+
+        /// The same, its acker sized for a worker of `ack_slots` slots (its backlog limit).
+        fn with_acker_for(
+            queue: &Queue,
+            intake: &CancellationToken,
+            slots: usize,
+            wait_time: Duration,
+            ack_slots: usize,
+        ) -> (Self, Poller) {
             let handled = Arc::new(AtomicUsize::new(0));
             let seen = handled.clone();
             let handler = handler_fn(move |_m, _c| {
                 seen.fetch_add(1, Ordering::SeqCst);
                 async { Ok::<_, BoxError>(Outcome::Ack) }
             });
-            let (acker, _, acker_task) = Acker::spawn(queue.clone(), Duration::from_millis(100), 1);
+            let telemetry = crate::telemetry::Telemetry::detached(queue.url());
+            let (acker, _, acker_task) =
+                Acker::spawn_observed(queue.clone(), Duration::from_millis(100), 1, ack_slots, telemetry);
             let dispatcher = Arc::new(Dispatcher {
                 work: crate::dispatch::Work::One(Arc::new(handler)),
                 queue: queue.clone(),
@@ -365,6 +390,109 @@ mod tests {
             drop(self.dispatcher);
             self.acker_task.await.unwrap();
         }
+    }
+
+    /// A memory queue whose deletes wait until `open` has permits (one per delete call).
+    struct SlowDeletes {
+        inner: MemoryQueue,
+        open: Arc<Semaphore>,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::queue::QueueBackend for SlowDeletes {
+        async fn receive(&self, r: &ReceiveRequest) -> Result<Vec<crate::Message>, QueueError> {
+            self.inner.receive(r).await
+        }
+        async fn delete_batch(
+            &self,
+            entries: &[crate::queue::BatchEntry],
+        ) -> Result<Vec<crate::queue::BatchFailure>, QueueError> {
+            self.open.acquire().await.expect("never closed").forget();
+            self.inner.delete_batch(entries).await
+        }
+        async fn change_visibility_batch(
+            &self,
+            entries: &[crate::queue::BatchEntry],
+        ) -> Result<Vec<crate::queue::BatchFailure>, QueueError> {
+            self.inner.change_visibility_batch(entries).await
+        }
+        async fn send(&self, m: &OutgoingMessage) -> Result<String, QueueError> {
+            self.inner.send(m).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn receives_pause_while_deletes_are_behind_and_resume_as_they_catch_up() {
+        let memory = MemoryQueue::new("behind");
+        let open = Arc::new(Semaphore::new(0));
+        let queue = Queue::from_backend(
+            "memory://behind".into(),
+            false,
+            SlowDeletes { inner: memory.clone(), open: open.clone() },
+        );
+        for i in 0..500 {
+            queue.send(OutgoingMessage::new(i.to_string())).await.unwrap();
+        }
+        let intake = CancellationToken::new();
+        // Ten slots, one delete request at a time: at most 2 x max(10, 10) = 20 acknowledgements
+        // unsettled before the poller waits, until they are down to 10.
+        let (rig, poller) = Rig::with_acker_for(&queue, &intake, 10, Duration::from_secs(1), 10);
+        let handled = rig.handled.clone();
+        let polling = tokio::spawn(poller.run());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let before = handled.load(Ordering::SeqCst);
+        assert!(
+            (20..30).contains(&before),
+            "{before} handled with no delete answered: the poller must stop at the limit (20) plus at most one receive"
+        );
+        assert_eq!(memory.in_flight_len(), before, "what was handled waits for its delete, and nothing more was taken");
+        // One delete answered (10 settled): still behind, not yet down to half.
+        open.add_permits(1);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after_one = handled.load(Ordering::SeqCst);
+        // Deletes flow again: everything is handled and deleted.
+        open.add_permits(1_000);
+        for _ in 0..100 {
+            if memory.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(memory.is_empty(), "{} left", memory.len());
+        assert_eq!(handled.load(Ordering::SeqCst), 500, "each once");
+        intake.cancel();
+        polling.await.unwrap().unwrap();
+        rig.finish().await;
+        assert!(after_one <= before + 10, "{before} then {after_one}: receives resume only when half are settled");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poller_waiting_for_deletes_stops_at_shutdown() {
+        let memory = MemoryQueue::new("behind-stop");
+        let open = Arc::new(Semaphore::new(0));
+        let queue = Queue::from_backend(
+            "memory://behind-stop".into(),
+            false,
+            SlowDeletes { inner: memory.clone(), open: open.clone() },
+        );
+        for i in 0..100 {
+            queue.send(OutgoingMessage::new(i.to_string())).await.unwrap();
+        }
+        let intake = CancellationToken::new();
+        let (rig, poller) = Rig::with_acker_for(&queue, &intake, 10, Duration::from_secs(1), 10);
+        let polling = tokio::spawn(poller.run());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(rig.dispatcher.acker.backlog().is_behind());
+        intake.cancel();
+        tokio::time::timeout(Duration::from_millis(10), polling)
+            .await
+            .expect("a paused poller ends at once at shutdown")
+            .unwrap()
+            .unwrap();
+        open.add_permits(1_000);
+        let handled = rig.handled.load(Ordering::SeqCst);
+        rig.finish().await;
+        assert_eq!(memory.len(), 100 - handled, "the handled ones were deleted when their deletes were answered");
     }
 
     #[tokio::test]

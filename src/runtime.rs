@@ -385,8 +385,13 @@ impl Worker {
         let mut lanes = Vec::new();
         for (queue, work, dead_letter) in routes {
             let telemetry = Telemetry::new(queue.url(), events.clone(), health.clone());
-            let (acker, ack_stats, acker_task) =
-                Acker::spawn_observed(queue.clone(), config.ack_interval, config.ack_concurrency, telemetry.clone());
+            let (acker, ack_stats, acker_task) = Acker::spawn_observed(
+                queue.clone(),
+                config.ack_interval,
+                config.ack_concurrency,
+                share,
+                telemetry.clone(),
+            );
             let leases = Leases::observed(
                 queue.clone(),
                 config.visibility_timeout,

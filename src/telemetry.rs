@@ -66,8 +66,8 @@ pub mod names {
     pub const PROTECTION_CALLS: &str = "holdfast_protection_calls_total";
     /// Gauge (no queue label): 1 while the worker is healthy, else 0.
     pub const HEALTHY: &str = "holdfast_healthy";
-    /// Gauge (no queue label): 1 while strict protection or the bounded hold holds polling
-    /// back, else 0.
+    /// Gauge (no queue label): 1 while strict protection, the bounded hold or
+    /// acknowledgements behind the handlers hold polling back, else 0.
     pub const POLLING_PAUSED: &str = "holdfast_polling_paused";
     /// Counter (no queue label), label `outcome` (`current`, `replaced`, `error`): the
     /// deployment check's `DescribeServices` calls.
@@ -123,7 +123,7 @@ pub(crate) fn describe() {
         (FREE_SLOTS, "free handler slots"),
         (PROTECTED, "1 while the task is protected from scale-in"),
         (HEALTHY, "1 while the worker is healthy"),
-        (POLLING_PAUSED, "1 while strict protection or the bounded hold holds polling back"),
+        (POLLING_PAUSED, "1 while strict protection, the bounded hold or acknowledgements behind hold polling back"),
         (STEPPED_ASIDE, "1 once the worker stepped aside for a deployment"),
     ] {
         metrics::describe_gauge!(name, Unit::Count, text);
