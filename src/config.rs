@@ -179,6 +179,8 @@ pub struct Config {
     /// `HOLDFAST_ACK_INTERVAL`: longest a delete waits to be batched (default 100 ms).
     pub ack_interval: Duration,
     /// `HOLDFAST_ACK_CONCURRENCY`: batch acknowledgement requests in flight at once (default 4).
+    /// When the acknowledgements not yet answered reach twice a queue's share of the
+    /// concurrency (or 20 times this, if more), its receives pause until half are settled.
     pub ack_concurrency: usize,
     /// `HOLDFAST_SQS_TIMEOUT`: how long an SQS call may go without an answer before it is
     /// abandoned and made again, beyond the wait a receive asks the server for (default 10 s).
