@@ -421,24 +421,30 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn receives_pause_while_deletes_are_behind_and_resume_as_they_catch_up() {
-        let memory = MemoryQueue::new("behind");
+    /// `n` messages on a queue whose deletes wait for permits of the returned semaphore, and a
+    /// running poller of ten slots whose acker sends one request at a time: at most
+    /// 2 x max(10, 10) = 20 acknowledgements unsettled before it waits, until 10 are left.
+    async fn behind(
+        name: &str,
+        n: usize,
+    ) -> (MemoryQueue, Arc<Semaphore>, CancellationToken, Rig, tokio::task::JoinHandle<Result<(), Error>>) {
+        let memory = MemoryQueue::new(name);
         let open = Arc::new(Semaphore::new(0));
-        let queue = Queue::from_backend(
-            "memory://behind".into(),
-            false,
-            SlowDeletes { inner: memory.clone(), open: open.clone() },
-        );
-        for i in 0..500 {
+        let backend = SlowDeletes { inner: memory.clone(), open: open.clone() };
+        let queue = Queue::from_backend(format!("memory://{name}"), false, backend);
+        for i in 0..n {
             queue.send(OutgoingMessage::new(i.to_string())).await.unwrap();
         }
         let intake = CancellationToken::new();
-        // Ten slots, one delete request at a time: at most 2 x max(10, 10) = 20 acknowledgements
-        // unsettled before the poller waits, until they are down to 10.
         let (rig, poller) = Rig::with_acker_for(&queue, &intake, 10, Duration::from_secs(1), 10);
-        let handled = rig.handled.clone();
         let polling = tokio::spawn(poller.run());
+        (memory, open, intake, rig, polling)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn receives_pause_while_deletes_are_behind_and_resume_as_they_catch_up() {
+        let (memory, open, intake, rig, polling) = behind("behind", 500).await;
+        let handled = rig.handled.clone();
         tokio::time::sleep(Duration::from_secs(5)).await;
         let before = handled.load(Ordering::SeqCst);
         assert!(
@@ -446,10 +452,11 @@ mod tests {
             "{before} handled with no delete answered: the poller must stop at the limit (20) plus at most one receive"
         );
         assert_eq!(memory.in_flight_len(), before, "what was handled waits for its delete, and nothing more was taken");
-        // One delete answered (10 settled): still behind, not yet down to half.
+        // One delete answered (10 settled): at most one more receive before the limit holds.
         open.add_permits(1);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after_one = handled.load(Ordering::SeqCst);
+        assert!(after_one <= before + 10, "{before} then {after_one}: receives resume only when half are settled");
         // Deletes flow again: everything is handled and deleted.
         open.add_permits(1_000);
         for _ in 0..100 {
@@ -463,24 +470,11 @@ mod tests {
         intake.cancel();
         polling.await.unwrap().unwrap();
         rig.finish().await;
-        assert!(after_one <= before + 10, "{before} then {after_one}: receives resume only when half are settled");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_poller_waiting_for_deletes_stops_at_shutdown() {
-        let memory = MemoryQueue::new("behind-stop");
-        let open = Arc::new(Semaphore::new(0));
-        let queue = Queue::from_backend(
-            "memory://behind-stop".into(),
-            false,
-            SlowDeletes { inner: memory.clone(), open: open.clone() },
-        );
-        for i in 0..100 {
-            queue.send(OutgoingMessage::new(i.to_string())).await.unwrap();
-        }
-        let intake = CancellationToken::new();
-        let (rig, poller) = Rig::with_acker_for(&queue, &intake, 10, Duration::from_secs(1), 10);
-        let polling = tokio::spawn(poller.run());
+        let (memory, open, intake, rig, polling) = behind("behind-stop", 100).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(rig.dispatcher.acker.backlog().is_behind());
         intake.cancel();
