@@ -286,6 +286,9 @@ impl Dispatcher {
         let began = tokio::time::Instant::now();
         let ctx = Context::new(token.clone(), Arc::new([lease.clone()]), self.protection.clone());
         let Work::One(handler) = &self.work else { unreachable!("batch routes use run_batch") };
+        // The handler itself, not `Arc<dyn Handler>`'s forwarding impl, which would box a
+        // second future around the handler's own for every message.
+        let handler: &dyn Handler = &**handler;
         let call = async { vec![handler.handle(message, &ctx).await] };
         let attempt = self.attempt(call.instrument(span.clone()), &token).await;
         let took = began.elapsed();
