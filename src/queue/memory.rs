@@ -68,14 +68,28 @@ impl Stored {
 struct State {
     /// By sequence number: oldest first.
     messages: BTreeMap<u64, Stored>,
-    /// The latest receipt of each in-flight message, to its sequence number.
-    receipts: HashMap<Arc<str>, u64>,
     next_seq: u64,
     next_receipt: u64,
     /// Deduplication key to when it was sent, its message id and sequence number.
     dedup: HashMap<String, (Instant, String, u64)>,
     settings: Settings,
     skip: Skip,
+}
+
+impl MemoryQueue {
+    /// Whether this queue could have issued `receipt_handle` (its form, this instance).
+    fn issued(&self, receipt_handle: &str) -> bool {
+        receipt_parts(receipt_handle).is_some_and(|(instance, _)| instance == self.inner.instance)
+    }
+}
+
+impl State {
+    /// The message whose latest delivery `handle` is the receipt of, on queue `instance`.
+    fn delivered(&self, instance: u64, handle: &str) -> Option<u64> {
+        let (_, seq) = receipt_parts(handle).filter(|(i, _)| *i == instance)?;
+        let latest = self.messages.get(&seq)?.receipt.as_ref()?;
+        (*latest.0 == *handle).then_some(seq)
+    }
 }
 
 /// Where a receive on a standard queue starts looking: every message before `below` is in
@@ -342,7 +356,7 @@ impl MemoryQueue {
     fn take(&self, request: &ReceiveRequest) -> (Vec<Message>, Option<Instant>) {
         let now = Instant::now();
         let mut state = self.state();
-        let State { messages, receipts, next_receipt, settings, skip, .. } = &mut *state;
+        let State { messages, next_receipt, settings, skip, .. } = &mut *state;
         let visibility =
             if request.visibility_timeout.is_zero() { settings.default_visibility } else { request.visibility_timeout };
         let max_receives = settings.redrive.as_ref().map(|(_, max)| *max);
@@ -387,10 +401,7 @@ impl MemoryQueue {
             m.receive_count += 1;
             *next_receipt += 1;
             let receipt = receipt_handle(self.inner.instance, m.seq, *next_receipt);
-            if let Some((old, _)) = m.receipt.replace((receipt.clone(), now)) {
-                receipts.remove(&old);
-            }
-            receipts.insert(receipt.clone(), *seq);
+            m.receipt = Some((receipt.clone(), now));
             m.visible_at = now + visibility;
             m.first_received.get_or_insert_with(SystemTime::now);
             let mut message = m.to_message(self.inner.fifo);
@@ -406,19 +417,9 @@ impl MemoryQueue {
             let until = [next_visible, delivered].into_iter().flatten().min();
             *skip = Skip { below: last + 1, until };
         }
-        let dead: Vec<Stored> = dead
-            .iter()
-            .filter_map(|seq| messages.remove(seq))
-            .inspect(|m| {
-                if let Some((r, _)) = &m.receipt {
-                    receipts.remove(r);
-                }
-            })
-            .collect();
+        let dead: Vec<Stored> = dead.iter().filter_map(|seq| messages.remove(seq)).collect();
         for seq in expired {
-            if let Some((r, _)) = messages.remove(&seq).and_then(|m| m.receipt) {
-                receipts.remove(&r);
-            }
+            messages.remove(&seq);
         }
         let dlq = if dead.is_empty() { None } else { settings.redrive.as_ref().map(|(q, _)| q.clone()) };
         drop(state);
@@ -465,14 +466,13 @@ impl MemoryQueue {
         if entries.is_empty() || entries.len() > BATCH_MAX {
             return Err(QueueError::permanent("TooManyEntriesInBatchRequest", "a batch holds 1 to 10 entries"));
         }
-        let mut seen = HashSet::new();
-        for e in entries {
+        for (i, e) in entries.iter().enumerate() {
             let valid = (1..=80).contains(&e.id.len())
                 && e.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !valid {
                 return Err(QueueError::permanent("InvalidBatchEntryId", format!("bad batch entry id {:?}", e.id)));
             }
-            if !seen.insert(&e.id) {
+            if entries[..i].iter().any(|earlier| earlier.id == e.id) {
                 return Err(QueueError::permanent("BatchEntryIdsNotDistinct", format!("id {:?} repeats", e.id)));
             }
         }
@@ -492,15 +492,34 @@ fn whole_millis(t: SystemTime) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(ms as u64)
 }
 
-/// A delivery's receipt handle: the queue instance, the message and the delivery.
+/// A delivery's receipt handle, `INSTANCE:SEQ:DELIVERY`: the queue instance, the message
+/// and the delivery. A message keeps its latest one, so a handle is checked against the
+/// message it names ([`State::delivered`]) instead of being looked up in a map of its own.
 fn receipt_handle(instance: u64, seq: u64, delivery: u64) -> Arc<str> {
-    use std::io::Write;
     // Three u64s and two colons fit in 62 bytes: written on the stack, allocated once.
-    let mut buffer = [0u8; 64];
-    let mut cursor = std::io::Cursor::new(&mut buffer[..]);
-    write!(cursor, "{instance}:{seq}:{delivery}").expect("62 bytes at most");
-    let len = cursor.position() as usize;
+    let mut buffer = [0u8; 62];
+    let mut len = 0;
+    for (i, n) in [instance, seq, delivery].into_iter().enumerate() {
+        if i > 0 {
+            buffer[len] = b':';
+            len += 1;
+        }
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(n).as_bytes();
+        buffer[len..len + digits.len()].copy_from_slice(digits);
+        len += digits.len();
+    }
     std::str::from_utf8(&buffer[..len]).expect("digits and colons").into()
+}
+
+/// The queue instance and the message a receipt handle names, if it is one of this queue's
+/// form at all.
+fn receipt_parts(handle: &str) -> Option<(u64, u64)> {
+    let mut parts = handle.split(':').map(|p| p.parse::<u64>().ok());
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(Some(instance)), Some(Some(seq)), Some(Some(_delivery)), None) => Some((instance, seq)),
+        _ => None,
+    }
 }
 
 fn invalid_receipt(id: &str) -> BatchFailure {
@@ -538,13 +557,13 @@ impl QueueBackend for MemoryQueue {
         let mut state = self.state();
         let mut failures = Vec::new();
         for e in entries {
-            match state.receipts.remove(&e.receipt_handle) {
+            match state.delivered(self.inner.instance, &e.receipt_handle) {
                 Some(seq) => {
                     state.messages.remove(&seq);
                 }
                 // SQS accepts a well-formed receipt of an earlier delivery without deleting
                 // anything; it refuses one it never issued.
-                None if e.receipt_handle.starts_with(&format!("{}:", self.inner.instance)) => {}
+                None if self.issued(&e.receipt_handle) => {}
                 None => failures.push(invalid_receipt(&e.id)),
             }
         }
@@ -565,9 +584,7 @@ impl QueueBackend for MemoryQueue {
         let mut sooner = false;
         for e in entries {
             let Some((seq, m)) = state
-                .receipts
-                .get(&e.receipt_handle)
-                .copied()
+                .delivered(self.inner.instance, &e.receipt_handle)
                 .and_then(|seq| Some(seq).zip(state.messages.get_mut(&seq)))
             else {
                 failures.push(invalid_receipt(&e.id));

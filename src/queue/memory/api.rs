@@ -179,9 +179,10 @@ impl MemoryQueue {
         if visibility == Some(Duration::ZERO) && !messages.is_empty() {
             let now = Instant::now();
             let mut state = self.state();
-            let State { messages: stored, receipts, skip, .. } = &mut *state;
             for m in &messages {
-                if let Some(s) = receipts.get(&m.receipt_handle).and_then(|seq| stored.get_mut(seq)) {
+                let seq = state.delivered(self.inner.instance, &m.receipt_handle);
+                let State { messages: stored, skip, .. } = &mut *state;
+                if let Some(s) = seq.and_then(|seq| stored.get_mut(&seq)) {
                     s.visible_at = now;
                     skip.changed(s.seq, now);
                 }
@@ -219,7 +220,7 @@ impl MemoryQueue {
         let mut state = self.state();
         let answers = receipt_handles
             .iter()
-            .map(|r| match state.receipts.remove(*r) {
+            .map(|r| match state.delivered(self.inner.instance, r) {
                 Some(seq) => {
                     state.messages.remove(&seq);
                     Ok(())
@@ -257,8 +258,9 @@ impl MemoryQueue {
         let answers = entries
             .iter()
             .map(|&(r, timeout)| {
-                let State { messages, receipts, skip, .. } = &mut *state;
-                let Some(m) = receipts.get(r).and_then(|seq| messages.get_mut(seq)) else {
+                let seq = state.delivered(self.inner.instance, r);
+                let State { messages, skip, .. } = &mut *state;
+                let Some(m) = seq.and_then(|seq| messages.get_mut(&seq)) else {
                     return Err(if self.issued(r) {
                         MemoryQueueError::new(
                             "InvalidParameterValue",
@@ -320,7 +322,6 @@ impl MemoryQueue {
         let mut state = self.state();
         let n = state.messages.len();
         state.messages.clear();
-        state.receipts.clear();
         n
     }
 
@@ -355,15 +356,6 @@ impl MemoryQueue {
     /// (SQS's `MessageRetentionPeriod`); `None` keeps messages until they are deleted.
     pub fn set_retention(&self, retention: Option<Duration>) {
         self.state().settings.retention = retention;
-    }
-
-    /// Whether `receipt_handle` has the shape of one this queue issued.
-    fn issued(&self, receipt_handle: &str) -> bool {
-        let mut parts = receipt_handle.split(':');
-        parts.next().and_then(|p| p.parse::<u64>().ok()) == Some(self.inner.instance)
-            && parts.next().is_some_and(|p| p.parse::<u64>().is_ok())
-            && parts.next().is_some_and(|p| p.parse::<u64>().is_ok())
-            && parts.next().is_none()
     }
 }
 
