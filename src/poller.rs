@@ -271,7 +271,8 @@ impl Poller {
             _ = self.intake.cancelled() => return None,
             permit = self.slots.clone().acquire_owned() => permit.ok()?,
         };
-        let mut permits = vec![first];
+        let mut permits = Vec::with_capacity(self.batch_target);
+        permits.push(first);
         while permits.len() < self.batch_target {
             match self.slots.clone().try_acquire_owned() {
                 Ok(permit) => permits.push(permit),

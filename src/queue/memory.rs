@@ -362,7 +362,7 @@ impl MemoryQueue {
         let max_receives = settings.redrive.as_ref().map(|(_, max)| *max);
         let expired_before = settings.retention.and_then(|r| now.checked_sub(r));
         let mut expired = Vec::new();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(request.max_messages.min(BATCH_MAX));
         let mut next_visible: Option<Instant> = None;
         let mut dead = Vec::new();
         // FIFO: a group is held from its first message that is not visible (in flight, or
@@ -515,11 +515,19 @@ fn receipt_handle(instance: u64, seq: u64, delivery: u64) -> Arc<str> {
 /// The queue instance and the message a receipt handle names, if it is one of this queue's
 /// form at all.
 fn receipt_parts(handle: &str) -> Option<(u64, u64)> {
-    let mut parts = handle.split(':').map(|p| p.parse::<u64>().ok());
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(Some(instance)), Some(Some(seq)), Some(Some(_delivery)), None) => Some((instance, seq)),
-        _ => None,
+    let mut numbers = [0u64; 3];
+    let mut fields = 0;
+    for part in handle.as_bytes().split(|&b| b == b':') {
+        if fields == numbers.len() || part.is_empty() {
+            return None;
+        }
+        numbers[fields] = part.iter().try_fold(0u64, |n, &b| {
+            let digit = b.is_ascii_digit().then(|| u64::from(b - b'0'))?;
+            n.checked_mul(10)?.checked_add(digit)
+        })?;
+        fields += 1;
     }
+    (fields == numbers.len()).then_some((numbers[0], numbers[1]))
 }
 
 fn invalid_receipt(id: &str) -> BatchFailure {
@@ -638,6 +646,16 @@ mod tests {
 
     fn entry(id: &str, receipt: &str, visibility_s: u64) -> BatchEntry {
         BatchEntry { id: id.into(), receipt_handle: receipt.into(), visibility: Duration::from_secs(visibility_s) }
+    }
+
+    #[test]
+    fn receipt_handles_name_their_queue_and_message_and_nothing_else_passes() {
+        let handle = receipt_handle(7, 12_345, u64::MAX);
+        assert_eq!(&*handle, "7:12345:18446744073709551615");
+        assert_eq!(receipt_parts(&handle), Some((7, 12_345)));
+        for bad in ["", "7", "7:1", "7:1:", ":1:2", "7:1:2:3", "7:x:2", "7:+1:2", "7:1:18446744073709551616", "7::2"] {
+            assert_eq!(receipt_parts(bad), None, "{bad:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
