@@ -5,9 +5,12 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -126,6 +129,22 @@ enum Attempt {
     },
 }
 
+/// Polls `future` once, with the task's own waker: its answer if it has one now.
+async fn first_poll<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
+    let mut future = Some(future);
+    std::future::poll_fn(|cx| Poll::Ready(future.take().expect("polled once").poll(cx))).await
+}
+
+impl Attempt {
+    /// The handler returned, or panicked.
+    fn ended(result: Result<Results, Box<dyn Any + Send>>) -> Self {
+        match result {
+            Ok(results) => Attempt::Finished(results),
+            Err(payload) => Attempt::Panicked(panic_text(payload.as_ref())),
+        }
+    }
+}
+
 /// Whether result `i` of a late answer says the work was done after all.
 fn acked_late(late: &Option<Results>, i: usize) -> bool {
     late.as_ref().and_then(|r| r.get(i)).is_some_and(|r| matches!(r, Ok(Outcome::Ack)))
@@ -220,10 +239,21 @@ impl Dispatcher {
     /// shutdown began first, when strict protection was refused, or when the bounded hold
     /// paused.
     async fn protect(&self, messages: &[Message]) -> Option<ProtectionGuard> {
-        let held = tokio::select! {
-            biased;
-            _ = self.intake.cancelled() => None,
-            held = self.protection.hold() => Some(held),
+        // Shutdown first, as the select below would; then a hold that is answered at once
+        // (protection off, or the task already protected) needs no place among the
+        // intake's waiters.
+        let hold = self.protection.hold();
+        tokio::pin!(hold);
+        let held = if self.intake.is_cancelled() {
+            None
+        } else if let Poll::Ready(held) = first_poll(hold.as_mut()).await {
+            Some(held)
+        } else {
+            tokio::select! {
+                biased;
+                _ = self.intake.cancelled() => None,
+                held = &mut hold => Some(held),
+            }
         };
         self.protecting.done();
         match held {
@@ -383,9 +413,17 @@ impl Dispatcher {
     {
         let call = AssertUnwindSafe(call).catch_unwind();
         tokio::pin!(call);
+        // A handler that is done at its first poll (no I/O to wait for) needs neither the
+        // timeout's timer nor a place among the deadline's waiters.
+        if let Poll::Ready(result) = first_poll(call.as_mut()).await {
+            return Attempt::ended(result);
+        }
+        // Boxed, like the grace below: every message task's future holds what it awaits for
+        // as long as the message is in flight, and a handler timeout is optional.
+        let expired = self.config.handler_timeout.map(|limit| Box::pin(tokio::time::sleep(limit)));
         let expired = async {
-            match self.config.handler_timeout {
-                Some(limit) => tokio::time::sleep(limit).await,
+            match expired {
+                Some(sleep) => sleep.await,
                 None => std::future::pending().await,
             }
         };
@@ -393,15 +431,10 @@ impl Dispatcher {
             biased;
             _ = self.deadline.cancelled() => false,
             _ = expired => true,
-            result = &mut call => {
-                return match result {
-                    Ok(results) => Attempt::Finished(results),
-                    Err(payload) => Attempt::Panicked(panic_text(payload.as_ref())),
-                };
-            }
+            result = &mut call => return Attempt::ended(result),
         };
         token.cancel();
-        let late = tokio::time::timeout(CANCEL_GRACE, &mut call).await.ok().and_then(Result::ok);
+        let late = Box::pin(tokio::time::timeout(CANCEL_GRACE, &mut call)).await.ok().and_then(Result::ok);
         if timed_out {
             Attempt::TimedOut { limit: self.config.handler_timeout.unwrap_or_default(), late }
         } else {
