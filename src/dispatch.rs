@@ -312,8 +312,8 @@ impl Dispatcher {
 
     async fn handle(&self, message: &Message, lease: Arc<LeaseHandle>, token: CancellationToken) -> Settled {
         let span = message_span(self.telemetry.queue(), message);
-        self.telemetry.started(message);
         let began = tokio::time::Instant::now();
+        self.telemetry.started(message, began);
         let ctx = Context::new(token.clone(), Arc::new([lease.clone()]), self.protection.clone());
         let Work::One(handler) = &self.work else { unreachable!("batch routes use run_batch") };
         // The handler itself, not `Arc<dyn Handler>`'s forwarding impl, which would box a
@@ -354,8 +354,8 @@ impl Dispatcher {
         let ctx = Context::new(token.clone(), leases.clone().into(), self.protection.clone());
         let Work::Batch(handler) = &self.work else { unreachable!("single routes use run_one") };
         let span = tracing::info_span!("batch", queue = &**self.telemetry.queue(), messages = messages.len());
-        messages.iter().for_each(|m| self.telemetry.started(m));
         let began = tokio::time::Instant::now();
+        messages.iter().for_each(|m| self.telemetry.started(m, began));
         let attempt = self.attempt(handler.handle_batch(&messages, &ctx).instrument(span.clone()), &token).await;
         let took = began.elapsed();
         token.cancel();

@@ -333,9 +333,9 @@ impl Telemetry {
         self.inner.health.receive_failed();
     }
 
-    /// The handler is about to start on `message`.
-    pub(crate) fn started(&self, message: &Message) {
-        self.inner.wait.record(message.received_at.elapsed().as_secs_f64());
+    /// The handler is about to start on `message`, at `now`.
+    pub(crate) fn started(&self, message: &Message, now: tokio::time::Instant) {
+        self.inner.wait.record(now.saturating_duration_since(message.received_at).as_secs_f64());
     }
 
     /// A handler returned for `message`.
