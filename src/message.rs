@@ -133,8 +133,9 @@ pub struct Message {
     pub(crate) group_id: Option<String>,
     /// The body as it sits in the queue, when it differs from `body` (an SNS envelope).
     pub(crate) raw_body: Option<Arc<str>>,
-    // Boxed, as are a memory delivery's extra fields: most messages have neither, and a
-    // message is held inline in its task for as long as it is in flight.
+    // Boxed, and a memory delivery's extra fields behind an `Arc` (a closure handler's clone
+    // shares them): most messages have neither, and a message is held inline in its task for
+    // as long as it is in flight.
     pub(crate) sns: Option<Box<SnsNotification>>,
     /// The SQS message attributes, when SNS's were merged into `message_attributes`.
     pub(crate) queue_attributes: Option<Arc<HashMap<String, MessageAttribute>>>,
@@ -331,7 +332,7 @@ impl Message {
     /// Completes a memory-queue delivery, whose typed fields are already set: its system
     /// attribute map is built only if asked for, and an SNS envelope is unwrapped.
     pub(crate) fn complete_memory_delivery(&mut self, delivery: MemoryDelivery) {
-        self.attributes = SystemAttributes { memory: Some(Box::new(delivery)), ..SystemAttributes::default() };
+        self.attributes = SystemAttributes { memory: Some(Arc::new(delivery)), ..SystemAttributes::default() };
         self.unwrap_sns();
     }
 }
@@ -344,7 +345,7 @@ pub(crate) struct SystemAttributes {
     /// What SQS sent: one allocation for the pairs, the names of the attributes SQS knows
     /// not copied, where a map cost a table and a copy of every name.
     sent: Option<SentPairs>,
-    memory: Option<Box<MemoryDelivery>>,
+    memory: Option<Arc<MemoryDelivery>>,
 }
 
 /// System attribute names and values as SQS sent them.
