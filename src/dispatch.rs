@@ -413,6 +413,8 @@ impl Dispatcher {
     {
         let call = AssertUnwindSafe(call).catch_unwind();
         tokio::pin!(call);
+        // The timeout counts from the call, its first poll included.
+        let expires_at = self.config.handler_timeout.map(|limit| tokio::time::Instant::now() + limit);
         // A handler that is done at its first poll (no I/O to wait for) needs neither the
         // timeout's timer nor a place among the deadline's waiters.
         if let Poll::Ready(result) = first_poll(call.as_mut()).await {
@@ -420,7 +422,7 @@ impl Dispatcher {
         }
         // Boxed, like the grace below: every message task's future holds what it awaits for
         // as long as the message is in flight, and a handler timeout is optional.
-        let expired = self.config.handler_timeout.map(|limit| Box::pin(tokio::time::sleep(limit)));
+        let expired = expires_at.map(|at| Box::pin(tokio::time::sleep_until(at)));
         let expired = async {
             match expired {
                 Some(sleep) => sleep.await,
