@@ -19,19 +19,37 @@ use crate::{Protection, ProtectionError};
 #[derive(Clone, Debug)]
 pub struct Context {
     token: CancellationToken,
-    leases: Arc<[Arc<LeaseHandle>]>,
+    leases: ContextLeases,
     protection: Option<Protection>,
 }
 
+/// The leases of a context's messages: one message's without a slice of its own (an
+/// allocation a message saved), a batch's in one.
+#[derive(Clone, Debug)]
+pub(crate) enum ContextLeases {
+    One(Arc<LeaseHandle>),
+    Many(Arc<[Arc<LeaseHandle>]>),
+}
+
+impl ContextLeases {
+    fn iter(&self) -> impl Iterator<Item = &Arc<LeaseHandle>> {
+        let (one, many) = match self {
+            ContextLeases::One(lease) => (Some(lease), &[][..]),
+            ContextLeases::Many(leases) => (None, &leases[..]),
+        };
+        one.into_iter().chain(many)
+    }
+}
+
 impl Context {
-    pub(crate) fn new(token: CancellationToken, leases: Arc<[Arc<LeaseHandle>]>, protection: Protection) -> Self {
+    pub(crate) fn new(token: CancellationToken, leases: ContextLeases, protection: Protection) -> Self {
         Self { token, leases, protection: Some(protection) }
     }
 
     /// A context bound to no queue, for unit tests of handlers: it is never cancelled unless
     /// the test cancels [`token`](Self::token), and lease extensions do nothing.
     pub fn detached() -> Self {
-        Self { token: CancellationToken::new(), leases: Arc::new([]), protection: None }
+        Self { token: CancellationToken::new(), leases: ContextLeases::Many(Arc::new([])), protection: None }
     }
 
     /// The cancellation token for this message.

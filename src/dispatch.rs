@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::acker::Acker;
 use crate::backoff::failure_backoff;
 use crate::config::MAX_VISIBILITY;
+use crate::context::ContextLeases;
 use crate::events::{FailureCause, HandledOutcome};
 use crate::lease::{LeaseHandle, Leases};
 use crate::outcome::is_permanent;
@@ -314,7 +315,7 @@ impl Dispatcher {
         let span = message_span(self.telemetry.queue(), message);
         let began = tokio::time::Instant::now();
         self.telemetry.started(message, began);
-        let ctx = Context::new(token.clone(), Arc::new([lease.clone()]), self.protection.clone());
+        let ctx = Context::new(token.clone(), ContextLeases::One(lease.clone()), self.protection.clone());
         let Work::One(handler) = &self.work else { unreachable!("batch routes use run_batch") };
         // The handler itself, not `Arc<dyn Handler>`'s forwarding impl, which would box a
         // second future around the handler's own for every message.
@@ -351,7 +352,7 @@ impl Dispatcher {
         let token = CancellationToken::new();
         let leases: Vec<Arc<LeaseHandle>> =
             messages.iter().map(|m| Arc::new(self.leases.register(m, token.clone()))).collect();
-        let ctx = Context::new(token.clone(), leases.clone().into(), self.protection.clone());
+        let ctx = Context::new(token.clone(), ContextLeases::Many(leases.clone().into()), self.protection.clone());
         let Work::Batch(handler) = &self.work else { unreachable!("single routes use run_one") };
         let span = tracing::info_span!("batch", queue = &**self.telemetry.queue(), messages = messages.len());
         let began = tokio::time::Instant::now();

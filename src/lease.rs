@@ -295,6 +295,30 @@ mod tests {
         queue.receive(&request).await.unwrap().pop().unwrap()
     }
 
+    /// `Context::extend_visibility` reaches the lease of a single message's context and every
+    /// lease of a batch's; a message whose context did not ask comes back on time.
+    #[tokio::test(start_paused = true)]
+    async fn a_context_extends_the_visibility_of_each_of_its_messages() {
+        use crate::context::ContextLeases;
+        let memory = MemoryQueue::new("extend");
+        let queue = Queue::memory(&memory);
+        let visibility = Duration::from_secs(30);
+        let leases = Leases::new(queue.clone(), visibility, Duration::from_secs(3600));
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let msg = received(&queue, visibility).await;
+            held.push(Arc::new(leases.register(&msg, CancellationToken::new())));
+        }
+        let context = |leases| crate::Context::new(CancellationToken::new(), leases, crate::Protection::off());
+        let one = context(ContextLeases::One(held[0].clone()));
+        let batch = context(ContextLeases::Many(vec![held[1].clone(), held[2].clone()].into()));
+        one.extend_visibility(Duration::from_secs(600)).await.unwrap();
+        batch.extend_visibility(Duration::from_secs(600)).await.unwrap();
+        assert_eq!(queue.request_counts().change_visibility, 3, "one call per lease");
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert_eq!(memory.visible_len(), 1, "only the fourth message, never extended, is visible again");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn heartbeat_keeps_a_long_job_invisible_with_few_calls() {
         let memory = MemoryQueue::new("hb");
