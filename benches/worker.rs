@@ -94,6 +94,43 @@ async fn embedded(concurrency: usize, total: u64, batch_window: Duration, runtim
     );
 }
 
+/// The floor on the embedded queue: no framework, one task that receives 10 messages, looks
+/// at each and deletes them in one call, until the queue is empty. What the queue itself
+/// costs a message; a no-op row's CPU a message less this one's is the framework's own.
+async fn embedded_bare(total: u64, runtime: &str) {
+    let memory = MemoryQueue::new("bench-bare");
+    for i in 0..total {
+        memory.send_message(&OutgoingMessage::new(i.to_string())).unwrap();
+    }
+    let options = ReceiveOptions::new().max_messages(10);
+    let cpu_before = cpu_time();
+    let start = Instant::now();
+    let mut handled = 0;
+    while handled < total {
+        let got = memory.receive_messages(&options).await.unwrap();
+        let receipts: Vec<&str> = got
+            .iter()
+            .map(|d| {
+                std::hint::black_box(d.message());
+                d.receipt_handle()
+            })
+            .collect();
+        for answer in memory.delete_messages(&receipts) {
+            answer.unwrap();
+        }
+        handled += got.len() as u64;
+    }
+    let took = start.elapsed();
+    let cpu = cpu_time() - cpu_before;
+    assert!(memory.is_empty());
+    println!(
+        "embedded queue, no-op handler, {runtime}, bare loop (receive 10, delete them; no framework): {total} messages in {:.3} s = {:>7.0} msg/s, {:.1} µs CPU/msg",
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64(),
+        cpu.as_micros() as f64 / total as f64,
+    );
+}
+
 /// One receive of 10 and its delete on the embedded queue, with `in_flight` messages received
 /// earlier (older ones) still in flight: what a receive costs when it must get past them.
 async fn receive_behind_in_flight(in_flight: usize) {
@@ -213,6 +250,7 @@ fn main() {
         embedded(100, 50_000 / scale, window, &threads).await;
         embedded(1000, 50_000 / scale, window, &threads).await;
         embedded(10, 50_000 / scale, Duration::ZERO, &threads).await;
+        embedded_bare(50_000 / scale, &threads).await;
         for in_flight in [0, 1_000, 10_000] {
             receive_behind_in_flight(in_flight).await;
         }
@@ -224,6 +262,7 @@ fn main() {
         embedded(10, 200_000 / scale, window, "1 worker thread").await;
         embedded(100, 200_000 / scale, window, "1 worker thread").await;
         embedded(1000, 200_000 / scale, window, "1 worker thread").await;
+        embedded_bare(200_000 / scale, "1 worker thread").await;
     });
     drop(one);
     if !full {

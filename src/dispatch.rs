@@ -114,31 +114,32 @@ impl Protecting {
 /// timeout) before it is dropped: time to notice `ctx.cancelled()` and stop cleanly.
 pub(crate) const CANCEL_GRACE: Duration = Duration::from_secs(1);
 
-type Results = Vec<Result<Outcome, BoxError>>;
+/// What a handler call returns: one result for a message alone, one a message for a batch.
+type Answer = Result<Outcome, BoxError>;
 
-enum Attempt {
-    Finished(Results),
+/// How a handler call ended; `R` is what the call returns (an [`Answer`], or a batch's).
+enum Attempt<R> {
+    Finished(R),
     Panicked(String),
     /// The handler timeout passed; `late` is what the handler returned within the grace.
     TimedOut {
         limit: Duration,
-        late: Option<Results>,
+        late: Option<R>,
     },
     /// The drain deadline passed; `late` is what the handler returned within the grace.
     Interrupted {
-        late: Option<Results>,
+        late: Option<R>,
     },
 }
 
 /// Polls `future` once, with the task's own waker: its answer if it has one now.
-async fn first_poll<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
-    let mut future = Some(future);
-    std::future::poll_fn(|cx| Poll::Ready(future.take().expect("polled once").poll(cx))).await
+async fn first_poll<F: Future>(mut future: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
 }
 
-impl Attempt {
+impl<R> Attempt<R> {
     /// The handler returned, or panicked.
-    fn ended(result: Result<Results, Box<dyn Any + Send>>) -> Self {
+    fn ended(result: Result<R, Box<dyn Any + Send>>) -> Self {
         match result {
             Ok(results) => Attempt::Finished(results),
             Err(payload) => Attempt::Panicked(panic_text(payload.as_ref())),
@@ -146,9 +147,9 @@ impl Attempt {
     }
 }
 
-/// Whether result `i` of a late answer says the work was done after all.
-fn acked_late(late: &Option<Results>, i: usize) -> bool {
-    late.as_ref().and_then(|r| r.get(i)).is_some_and(|r| matches!(r, Ok(Outcome::Ack)))
+/// Whether a late answer says the work was done after all.
+fn acked_late(late: Option<&Answer>) -> bool {
+    matches!(late, Some(Ok(Outcome::Ack)))
 }
 
 /// How a message's attempt ended, for FIFO ordering.
@@ -320,7 +321,7 @@ impl Dispatcher {
         // The handler itself, not `Arc<dyn Handler>`'s forwarding impl, which would box a
         // second future around the handler's own for every message.
         let handler: &dyn Handler = &**handler;
-        let call = async { vec![handler.handle(message, &ctx).await] };
+        let call = handler.handle(message, &ctx);
         let attempt = self.attempt(call.instrument(span.clone()), &token).await;
         let took = began.elapsed();
         token.cancel();
@@ -328,11 +329,11 @@ impl Dispatcher {
         drop(ctx);
         drop(lease);
         let result = match attempt {
-            Attempt::Finished(mut results) => Ok(results.pop().expect("one result")),
+            Attempt::Finished(answer) => Ok(answer),
             Attempt::Panicked(text) => Err(format!("handler panicked: {text}")),
-            Attempt::TimedOut { late, .. } if acked_late(&late, 0) => Ok(Ok(Outcome::Ack)),
+            Attempt::TimedOut { late, .. } if acked_late(late.as_ref()) => Ok(Ok(Outcome::Ack)),
             Attempt::TimedOut { limit, .. } => Err(format!("handler timed out after {}", crate::config::human(limit))),
-            Attempt::Interrupted { late } if acked_late(&late, 0) => Ok(Ok(Outcome::Ack)),
+            Attempt::Interrupted { late } if acked_late(late.as_ref()) => Ok(Ok(Outcome::Ack)),
             Attempt::Interrupted { .. } => {
                 let _entered = span.enter();
                 tracing::warn!(
@@ -370,7 +371,7 @@ impl Dispatcher {
             }
             Attempt::TimedOut { limit, late } => (0..messages.len())
                 .map(|i| {
-                    if acked_late(&late, i) {
+                    if acked_late(late.as_ref().and_then(|r| r.get(i))) {
                         Ok(Ok(Outcome::Ack))
                     } else {
                         Err(format!("batch handler timed out after {}", crate::config::human(limit)))
@@ -380,7 +381,7 @@ impl Dispatcher {
             Attempt::Interrupted { late } => {
                 tracing::warn!(messages = messages.len(), "drain deadline passed: batch stopped");
                 for (i, (message, lost)) in messages.iter().zip(lost).enumerate() {
-                    if acked_late(&late, i) {
+                    if acked_late(late.as_ref().and_then(|r| r.get(i))) {
                         self.settle(message, Ok(Ok(Outcome::Ack)), lost, took).await;
                     } else {
                         self.release(message);
@@ -408,10 +409,7 @@ impl Dispatcher {
     /// Runs the handler call under the timeout, catching panics, stopping at the deadline.
     /// When the timeout or the deadline comes first, `token` is cancelled and the handler
     /// gets [`CANCEL_GRACE`] to return before it is dropped.
-    async fn attempt<F>(&self, call: F, token: &CancellationToken) -> Attempt
-    where
-        F: std::future::Future<Output = Results>,
-    {
+    async fn attempt<F: Future>(&self, call: F, token: &CancellationToken) -> Attempt<F::Output> {
         let call = AssertUnwindSafe(call).catch_unwind();
         tokio::pin!(call);
         // The timeout counts from the call, its first poll included.

@@ -83,13 +83,34 @@ impl MemoryQueue {
     }
 }
 
-impl State {
-    /// The message whose latest delivery `handle` is the receipt of, on queue `instance`.
-    fn delivered(&self, instance: u64, handle: &str) -> Option<u64> {
-        let (_, seq) = receipt_parts(handle).filter(|(i, _)| *i == instance)?;
-        let latest = self.messages.get(&seq)?.receipt.as_ref()?;
-        (*latest.0 == *handle).then_some(seq)
+impl Stored {
+    /// Whether `handle` is the receipt of this message's latest delivery.
+    fn latest_receipt_is(&self, handle: &str) -> bool {
+        self.receipt.as_ref().is_some_and(|(latest, _)| **latest == *handle)
     }
+}
+
+impl State {
+    /// Removes the message whose latest delivery `handle` is the receipt of, on queue
+    /// `instance`; whether there was one. One search of the map.
+    fn remove_delivered(&mut self, instance: u64, handle: &str) -> bool {
+        let Some((_, seq)) = receipt_parts(handle).filter(|(i, _)| *i == instance) else { return false };
+        match self.messages.entry(seq) {
+            std::collections::btree_map::Entry::Occupied(entry) if entry.get().latest_receipt_is(handle) => {
+                entry.remove();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The message in `messages` whose latest delivery `handle` is the receipt of, on queue
+/// `instance`. A function of the map alone, so that the caller can change the queue's
+/// [`Skip`] while it holds the message.
+fn delivered<'a>(messages: &'a mut BTreeMap<u64, Stored>, instance: u64, handle: &str) -> Option<&'a mut Stored> {
+    let (_, seq) = receipt_parts(handle).filter(|(i, _)| *i == instance)?;
+    messages.get_mut(&seq).filter(|m| m.latest_receipt_is(handle))
 }
 
 /// Where a receive on a standard queue starts looking: every message before `below` is in
@@ -494,7 +515,7 @@ fn whole_millis(t: SystemTime) -> SystemTime {
 
 /// A delivery's receipt handle, `INSTANCE:SEQ:DELIVERY`: the queue instance, the message
 /// and the delivery. A message keeps its latest one, so a handle is checked against the
-/// message it names ([`State::delivered`]) instead of being looked up in a map of its own.
+/// message it names ([`delivered`]) instead of being looked up in a map of its own.
 fn receipt_handle(instance: u64, seq: u64, delivery: u64) -> Arc<str> {
     // Three u64s and two colons fit in 62 bytes: written on the stack, allocated once.
     let mut buffer = [0u8; 62];
@@ -565,14 +586,10 @@ impl QueueBackend for MemoryQueue {
         let mut state = self.state();
         let mut failures = Vec::new();
         for e in entries {
-            match state.delivered(self.inner.instance, &e.receipt_handle) {
-                Some(seq) => {
-                    state.messages.remove(&seq);
-                }
-                // SQS accepts a well-formed receipt of an earlier delivery without deleting
-                // anything; it refuses one it never issued.
-                None if self.issued(&e.receipt_handle) => {}
-                None => failures.push(invalid_receipt(&e.id)),
+            // SQS accepts a well-formed receipt of an earlier delivery without deleting
+            // anything; it refuses one it never issued.
+            if !state.remove_delivered(self.inner.instance, &e.receipt_handle) && !self.issued(&e.receipt_handle) {
+                failures.push(invalid_receipt(&e.id));
             }
         }
         let freed_group = self.inner.fifo;
@@ -590,11 +607,9 @@ impl QueueBackend for MemoryQueue {
         let mut failures = Vec::new();
         // A waiting long poll timed its wake on the old visibility: one made sooner must wake it.
         let mut sooner = false;
+        let State { messages, skip, .. } = &mut *state;
         for e in entries {
-            let Some((seq, m)) = state
-                .delivered(self.inner.instance, &e.receipt_handle)
-                .and_then(|seq| Some(seq).zip(state.messages.get_mut(&seq)))
-            else {
+            let Some(m) = delivered(messages, self.inner.instance, &e.receipt_handle) else {
                 failures.push(invalid_receipt(&e.id));
                 continue;
             };
@@ -616,7 +631,7 @@ impl QueueBackend for MemoryQueue {
             } else {
                 sooner |= now + e.visibility < m.visible_at;
                 m.visible_at = now + e.visibility;
-                state.skip.changed(seq, now + e.visibility);
+                skip.changed(m.seq, now + e.visibility);
             }
         }
         drop(state);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{BATCH_MAX, MemoryQueue, QueueBackend, ReceiveRequest, State, sequence_number};
+use super::{BATCH_MAX, MemoryQueue, QueueBackend, ReceiveRequest, State, delivered, sequence_number};
 use crate::config::MAX_VISIBILITY;
 use crate::{Message, OutgoingMessage};
 
@@ -179,10 +179,9 @@ impl MemoryQueue {
         if visibility == Some(Duration::ZERO) && !messages.is_empty() {
             let now = Instant::now();
             let mut state = self.state();
+            let State { messages: stored, skip, .. } = &mut *state;
             for m in &messages {
-                let seq = state.delivered(self.inner.instance, &m.receipt_handle);
-                let State { messages: stored, skip, .. } = &mut *state;
-                if let Some(s) = seq.and_then(|seq| stored.get_mut(&seq)) {
+                if let Some(s) = delivered(stored, self.inner.instance, &m.receipt_handle) {
                     s.visible_at = now;
                     skip.changed(s.seq, now);
                 }
@@ -220,13 +219,12 @@ impl MemoryQueue {
         let mut state = self.state();
         let answers = receipt_handles
             .iter()
-            .map(|r| match state.delivered(self.inner.instance, r) {
-                Some(seq) => {
-                    state.messages.remove(&seq);
+            .map(|r| {
+                if state.remove_delivered(self.inner.instance, r) || self.issued(r) {
                     Ok(())
+                } else {
+                    Err(invalid_receipt(r))
                 }
-                None if self.issued(r) => Ok(()),
-                None => Err(invalid_receipt(r)),
             })
             .collect();
         drop(state);
@@ -258,9 +256,8 @@ impl MemoryQueue {
         let answers = entries
             .iter()
             .map(|&(r, timeout)| {
-                let seq = state.delivered(self.inner.instance, r);
                 let State { messages, skip, .. } = &mut *state;
-                let Some(m) = seq.and_then(|seq| messages.get_mut(&seq)) else {
+                let Some(m) = delivered(messages, self.inner.instance, r) else {
                     return Err(if self.issued(r) {
                         MemoryQueueError::new(
                             "InvalidParameterValue",
