@@ -12,6 +12,7 @@
 //! pollers stop taking messages until half the backlog is gone, instead of piling up
 //! messages whose visibility runs out before their delete is sent.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -28,6 +29,9 @@ use crate::telemetry::Telemetry;
 /// Attempts per batch entry before it is given up (the message then comes back after its
 /// visibility timeout, so nothing is lost, it is only delivered again).
 const MAX_ATTEMPTS: u32 = 5;
+
+/// A batch's entry ids: each entry's place in it.
+const ENTRY_IDS: [&str; BATCH_MAX] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
 /// Acknowledgements taken off the channel at one wake of the acker.
 const RECEIVE_AT_ONCE: usize = 256;
@@ -299,7 +303,7 @@ async fn send_batch(queue: Queue, mut batch: Vec<Request>, stats: Arc<AckStats>,
             .iter()
             .enumerate()
             .map(|(i, r)| BatchEntry {
-                id: i.to_string(),
+                id: Cow::Borrowed(ENTRY_IDS[i]),
                 receipt_handle: r.receipt_handle.clone(),
                 visibility: r.visibility,
             })
@@ -324,7 +328,7 @@ async fn send_batch(queue: Queue, mut batch: Vec<Request>, stats: Arc<AckStats>,
         };
         let mut retry = Vec::new();
         for (i, request) in batch.into_iter().enumerate() {
-            match failures.iter().find(|f| f.id == i.to_string()) {
+            match failures.iter().find(|f| f.id == ENTRY_IDS[i]) {
                 None => {
                     if kind == Kind::Delete {
                         stats.deleted.fetch_add(1, Ordering::Relaxed);
@@ -400,7 +404,7 @@ mod tests {
             };
             let mut failures = if passing.is_empty() { Vec::new() } else { self.inner.delete_batch(&passing).await? };
             failures.extend(failing.into_iter().map(|e| BatchFailure {
-                id: e.id,
+                id: e.id.into_owned(),
                 code: "InternalError".into(),
                 message: "try again".into(),
                 sender_fault: false,

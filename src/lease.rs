@@ -161,7 +161,11 @@ impl Leases {
                 let visibility = whole_seconds(lease.period, left);
                 due.push((
                     id,
-                    BatchEntry { id: format!("l{id}"), receipt_handle: lease.receipt_handle.clone(), visibility },
+                    BatchEntry {
+                        id: format!("l{id}").into(),
+                        receipt_handle: lease.receipt_handle.clone(),
+                        visibility,
+                    },
                 ));
                 true
             });

@@ -616,14 +616,14 @@ impl QueueBackend for MemoryQueue {
             let received_at = m.receipt.as_ref().map_or(now, |(_, at)| *at);
             if m.visible_at <= now {
                 failures.push(BatchFailure {
-                    id: e.id.clone(),
+                    id: e.id.to_string(),
                     code: "MessageNotInflight".into(),
                     message: "the message is not in flight".into(),
                     sender_fault: true,
                 });
             } else if now.duration_since(received_at) + e.visibility > MAX_VISIBILITY {
                 failures.push(BatchFailure {
-                    id: e.id.clone(),
+                    id: e.id.to_string(),
                     code: "InvalidParameterValue".into(),
                     message: "total visibility timeout would exceed 12 hours since receipt".into(),
                     sender_fault: true,
@@ -660,7 +660,11 @@ mod tests {
     }
 
     fn entry(id: &str, receipt: &str, visibility_s: u64) -> BatchEntry {
-        BatchEntry { id: id.into(), receipt_handle: receipt.into(), visibility: Duration::from_secs(visibility_s) }
+        BatchEntry {
+            id: id.to_owned().into(),
+            receipt_handle: receipt.into(),
+            visibility: Duration::from_secs(visibility_s),
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod aws;
 pub(crate) mod memory;
 pub(crate) mod sqs;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -35,7 +36,8 @@ pub(crate) struct ReceiveRequest {
 /// the call); `visibility` is only read by visibility changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BatchEntry {
-    pub(crate) id: String,
+    /// Borrowed where it can be: the acker's ids are the entries' places, "0" to "9".
+    pub(crate) id: Cow<'static, str>,
     pub(crate) receipt_handle: Arc<str>,
     pub(crate) visibility: Duration,
 }

@@ -137,7 +137,7 @@ impl QueueBackend for SqsBackend {
     async fn delete_batch(&self, entries: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
         let entries = entries
             .iter()
-            .map(|e| DeleteMessageBatchRequestEntry::builder().id(&e.id).receipt_handle(&*e.receipt_handle).build())
+            .map(|e| DeleteMessageBatchRequestEntry::builder().id(&*e.id).receipt_handle(&*e.receipt_handle).build())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| QueueError::permanent("InvalidParameterValue", e.to_string()))?;
         let out = self
@@ -156,7 +156,7 @@ impl QueueBackend for SqsBackend {
             .iter()
             .map(|e| {
                 ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(&e.id)
+                    .id(&*e.id)
                     .receipt_handle(&*e.receipt_handle)
                     .visibility_timeout(seconds(e.visibility))
                     .build()
