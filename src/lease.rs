@@ -8,7 +8,7 @@
 //! lease is lost and the handler's token is cancelled.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,7 +36,6 @@ struct Lease {
     expires_at: Instant,
     period: Duration,
     token: CancellationToken,
-    lost: Arc<AtomicBool>,
 }
 
 #[derive(Debug)]
@@ -58,12 +57,12 @@ pub(crate) struct Leases {
 }
 
 /// One message's lease; dropping it ends the lease (the message was acknowledged, retried
-/// or released).
+/// or released). Its entry leaves the registry only then or when the lease is lost, so a
+/// live handle whose entry is gone has lost its lease.
 #[derive(Debug)]
 pub(crate) struct LeaseHandle {
     shared: Arc<Shared>,
     id: u64,
-    lost: Arc<AtomicBool>,
 }
 
 fn cap_left(received_at: Instant, now: Instant) -> Duration {
@@ -99,7 +98,6 @@ impl Leases {
     /// Registers a received message; `token` is cancelled if its lease is lost.
     pub(crate) fn register(&self, message: &Message, token: CancellationToken) -> LeaseHandle {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let lost = Arc::new(AtomicBool::new(false));
         let lease = Lease {
             message_id: message.id.clone(),
             receipt_handle: message.receipt_handle.clone(),
@@ -107,10 +105,9 @@ impl Leases {
             expires_at: message.received_at + self.shared.visibility,
             period: self.shared.visibility,
             token,
-            lost: lost.clone(),
         };
         self.shared.leases.lock().expect("lease registry poisoned").insert(id, lease);
-        LeaseHandle { shared: self.shared.clone(), id, lost }
+        LeaseHandle { shared: self.shared.clone(), id }
     }
 
     /// Leases held now.
@@ -217,7 +214,6 @@ impl Leases {
 
 fn lose(telemetry: &Telemetry, lease: &Lease, reason: &str) {
     telemetry.lease_lost(&lease.message_id);
-    lease.lost.store(true, Ordering::Relaxed);
     lease.token.cancel();
     let in_flight = lease.received_at.elapsed();
     tracing::error!(
@@ -228,9 +224,10 @@ fn lose(telemetry: &Telemetry, lease: &Lease, reason: &str) {
 }
 
 impl LeaseHandle {
-    /// Whether the lease was lost (the message may already be visible again).
+    /// Whether the lease was lost (the message may already be visible again): its entry
+    /// is gone from the registry while this handle lives.
     pub(crate) fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Relaxed)
+        !self.shared.leases.lock().expect("lease registry poisoned").contains_key(&self.id)
     }
 
     pub(crate) async fn extend(&self, visibility: Duration) -> Result<(), crate::Error> {
