@@ -94,6 +94,23 @@ async fn embedded(concurrency: usize, total: u64, batch_window: Duration, runtim
     );
 }
 
+/// One receive on `memory` and one call deleting what it got (each delete checked), looking
+/// at each message in between; how many it got.
+async fn receive_and_delete(memory: &MemoryQueue, options: &ReceiveOptions) -> usize {
+    let got = memory.receive_messages(options).await.unwrap();
+    let receipts: Vec<&str> = got
+        .iter()
+        .map(|d| {
+            std::hint::black_box(d.message());
+            d.receipt_handle()
+        })
+        .collect();
+    for answer in memory.delete_messages(&receipts) {
+        answer.unwrap();
+    }
+    got.len()
+}
+
 /// The floor on the embedded queue: no framework, one task that receives 10 messages, looks
 /// at each and deletes them in one call, until the queue is empty. What the queue itself
 /// costs a message; a no-op row's CPU a message less this one's is the framework's own.
@@ -107,18 +124,7 @@ async fn embedded_bare(total: u64, runtime: &str) {
     let start = Instant::now();
     let mut handled = 0;
     while handled < total {
-        let got = memory.receive_messages(&options).await.unwrap();
-        let receipts: Vec<&str> = got
-            .iter()
-            .map(|d| {
-                std::hint::black_box(d.message());
-                d.receipt_handle()
-            })
-            .collect();
-        for answer in memory.delete_messages(&receipts) {
-            answer.unwrap();
-        }
-        handled += got.len() as u64;
+        handled += receive_and_delete(&memory, &options).await as u64;
     }
     let took = start.elapsed();
     let cpu = cpu_time() - cpu_before;
@@ -147,10 +153,9 @@ async fn receive_behind_in_flight(in_flight: usize) {
     }
     // Wall time: one task that never waits (CPU ticks of 10 ms are too coarse for this run).
     let start = Instant::now();
+    let options = ReceiveOptions::new().max_messages(10);
     for _ in 0..rounds {
-        let got = memory.receive_messages(&ReceiveOptions::new().max_messages(10)).await.unwrap();
-        let receipts: Vec<&str> = got.iter().map(|d| d.receipt_handle()).collect();
-        memory.delete_messages(&receipts);
+        receive_and_delete(&memory, &options).await;
     }
     println!(
         "embedded queue, receive 10 and delete them, {in_flight:>5} older messages in flight: {:.1} µs a round",
