@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use crate::lease::LeaseHandle;
+use crate::lease::LeaseRef;
 use crate::{Protection, ProtectionError};
 
 /// The handler's view of the runtime for one message.
@@ -16,6 +16,10 @@ use crate::{Protection, ProtectionError};
 /// deadline, a handler has one second to return before it is dropped. Returning
 /// `Ok(Outcome::Ack)` in that second still deletes the message (the work was done); anything
 /// else retries it after the backoff (timeout) or releases it at once (deadline).
+///
+/// The message's lease ends when the handler returns, however long a clone of its context
+/// lives: the heartbeat stops, and that clone's [`extend_visibility`](Self::extend_visibility)
+/// returns an error.
 #[derive(Clone, Debug)]
 pub struct Context {
     token: CancellationToken,
@@ -24,15 +28,16 @@ pub struct Context {
 }
 
 /// The leases of a context's messages: one message's without a slice of its own (an
-/// allocation a message saved), a batch's in one.
+/// allocation a message saved), a batch's in one. References only: the lease ends when the
+/// runtime is done with the message, however long a clone of the context lives.
 #[derive(Clone, Debug)]
 pub(crate) enum ContextLeases {
-    One(Arc<LeaseHandle>),
-    Many(Arc<[Arc<LeaseHandle>]>),
+    One(LeaseRef),
+    Many(Arc<[LeaseRef]>),
 }
 
 impl ContextLeases {
-    fn iter(&self) -> impl Iterator<Item = &Arc<LeaseHandle>> {
+    fn iter(&self) -> impl Iterator<Item = &LeaseRef> {
         let (one, many) = match self {
             ContextLeases::One(lease) => (Some(lease), &[][..]),
             ContextLeases::Many(leases) => (None, &leases[..]),

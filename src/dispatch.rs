@@ -289,7 +289,7 @@ impl Dispatcher {
         // Not a child of the drain deadline: `attempt` cancels it when the deadline passes,
         // and each message's own token keeps the deadline's lock out of the message path.
         let token = CancellationToken::new();
-        let lease = Arc::new(self.leases.register(&message, token.clone()));
+        let lease = self.leases.register(&message, token.clone());
         self.handle(&message, lease, token).await;
     }
 
@@ -299,8 +299,8 @@ impl Dispatcher {
         let Some(_guard) = self.protect(&group).await else { return };
         // Every message's visibility clock runs from the receive: lease them all now.
         let tokens: Vec<CancellationToken> = group.iter().map(|_| CancellationToken::new()).collect();
-        let mut leases: Vec<Option<Arc<LeaseHandle>>> =
-            group.iter().zip(&tokens).map(|(m, t)| Some(Arc::new(self.leases.register(m, t.clone())))).collect();
+        let mut leases: Vec<Option<LeaseHandle>> =
+            group.iter().zip(&tokens).map(|(m, t)| Some(self.leases.register(m, t.clone()))).collect();
         let mut blocked = false;
         for (i, message) in group.iter().enumerate() {
             let lease = leases[i].take().expect("each lease used once");
@@ -316,11 +316,11 @@ impl Dispatcher {
         }
     }
 
-    async fn handle(&self, message: &Message, lease: Arc<LeaseHandle>, token: CancellationToken) -> Settled {
+    async fn handle(&self, message: &Message, lease: LeaseHandle, token: CancellationToken) -> Settled {
         let span = message_span(self.telemetry.queue(), message);
         let began = tokio::time::Instant::now();
         self.telemetry.started(message, began);
-        let ctx = Context::new(token.clone(), ContextLeases::One(lease.clone()), self.protection.clone());
+        let ctx = Context::new(token.clone(), ContextLeases::One(lease.to_ref()), self.protection.clone());
         let Work::One(handler) = &self.work else { unreachable!("batch routes use run_batch") };
         // The handler itself, not `Arc<dyn Handler>`'s forwarding impl, which would box a
         // second future around the handler's own for every message.
@@ -355,9 +355,12 @@ impl Dispatcher {
     async fn run_batch(self: Arc<Self>, messages: Vec<Message>, _permits: Vec<OwnedSemaphorePermit>) {
         let Some(_guard) = self.protect(&messages).await else { return };
         let token = CancellationToken::new();
-        let leases: Vec<Arc<LeaseHandle>> =
-            messages.iter().map(|m| Arc::new(self.leases.register(m, token.clone()))).collect();
-        let ctx = Context::new(token.clone(), ContextLeases::Many(leases.clone().into()), self.protection.clone());
+        let leases: Vec<LeaseHandle> = messages.iter().map(|m| self.leases.register(m, token.clone())).collect();
+        let ctx = Context::new(
+            token.clone(),
+            ContextLeases::Many(leases.iter().map(LeaseHandle::to_ref).collect()),
+            self.protection.clone(),
+        );
         let Work::Batch(handler) = &self.work else { unreachable!("single routes use run_one") };
         let span = tracing::info_span!("batch", queue = &**self.telemetry.queue(), messages = messages.len());
         let began = tokio::time::Instant::now();

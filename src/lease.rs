@@ -56,11 +56,20 @@ pub(crate) struct Leases {
     shared: Arc<Shared>,
 }
 
-/// One message's lease; dropping it ends the lease (the message was acknowledged, retried
-/// or released). Its entry leaves the registry only then or when the lease is lost, so a
-/// live handle whose entry is gone has lost its lease.
+/// One message's lease, held by the task that handles it; dropping it ends the lease (the
+/// message was acknowledged, retried or released). Its entry leaves the registry only then
+/// or when the lease is lost, so a live handle whose entry is gone has lost its lease.
 #[derive(Debug)]
 pub(crate) struct LeaseHandle {
+    lease: LeaseRef,
+}
+
+/// What a handler's [`Context`](crate::Context) holds of a lease: enough to extend it while
+/// it lasts, nothing that keeps it alive. A context cloned past its handler's return finds
+/// the lease ended (ids are never reused) instead of keeping the heartbeat on a message
+/// already settled; and a message's context costs no allocation of its own.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseRef {
     shared: Arc<Shared>,
     id: u64,
 }
@@ -107,7 +116,7 @@ impl Leases {
             token,
         };
         self.shared.leases.lock().expect("lease registry poisoned").insert(id, lease);
-        LeaseHandle { shared: self.shared.clone(), id }
+        LeaseHandle { lease: LeaseRef { shared: self.shared.clone(), id } }
     }
 
     /// Leases held now.
@@ -227,17 +236,31 @@ impl LeaseHandle {
     /// Whether the lease was lost (the message may already be visible again): its entry
     /// is gone from the registry while this handle lives.
     pub(crate) fn is_lost(&self) -> bool {
-        !self.shared.leases.lock().expect("lease registry poisoned").contains_key(&self.id)
+        !self.lease.shared.leases.lock().expect("lease registry poisoned").contains_key(&self.lease.id)
     }
 
+    /// The reference a handler's context holds.
+    pub(crate) fn to_ref(&self) -> LeaseRef {
+        self.lease.clone()
+    }
+
+    #[cfg(test)]
+    pub(crate) async fn extend(&self, visibility: Duration) -> Result<(), crate::Error> {
+        self.lease.extend(visibility).await
+    }
+}
+
+impl LeaseRef {
+    /// Extends the lease by `visibility` from now; an error once the lease is lost or ended.
     pub(crate) async fn extend(&self, visibility: Duration) -> Result<(), crate::Error> {
         let shared = &self.shared;
         let queue_error = |message: String| crate::Error::Queue { queue_url: shared.queue.url().to_owned(), message };
         let now = Instant::now();
         let entry = {
             let leases = shared.leases.lock().expect("lease registry poisoned");
-            let lease =
-                leases.get(&self.id).ok_or_else(|| queue_error("the message's lease is already lost".into()))?;
+            let lease = leases
+                .get(&self.id)
+                .ok_or_else(|| queue_error("the message's lease is lost, or ended with its handler's return".into()))?;
             let left = cap_left(lease.received_at, now);
             if visibility > left {
                 return Err(queue_error(format!(
@@ -272,8 +295,8 @@ impl LeaseHandle {
 
 impl Drop for LeaseHandle {
     fn drop(&mut self) {
-        if let Ok(mut leases) = self.shared.leases.lock() {
-            leases.remove(&self.id);
+        if let Ok(mut leases) = self.lease.shared.leases.lock() {
+            leases.remove(&self.lease.id);
         }
     }
 }
@@ -308,11 +331,11 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..4 {
             let msg = received(&queue, visibility).await;
-            held.push(Arc::new(leases.register(&msg, CancellationToken::new())));
+            held.push(leases.register(&msg, CancellationToken::new()));
         }
         let context = |leases| crate::Context::new(CancellationToken::new(), leases, crate::Protection::off());
-        let one = context(ContextLeases::One(held[0].clone()));
-        let batch = context(ContextLeases::Many(vec![held[1].clone(), held[2].clone()].into()));
+        let one = context(ContextLeases::One(held[0].to_ref()));
+        let batch = context(ContextLeases::Many(vec![held[1].to_ref(), held[2].to_ref()].into()));
         one.extend_visibility(Duration::from_secs(600)).await.unwrap();
         batch.extend_visibility(Duration::from_secs(600)).await.unwrap();
         assert_eq!(queue.request_counts().change_visibility, 3, "one call per lease");

@@ -122,6 +122,37 @@ async fn the_heartbeat_keeps_a_long_job_from_redelivery(backend: Backend) {
     assert!(q.queue.request_counts().change_visibility >= 3, "the lease was extended");
 }
 
+/// A handler may keep a clone of its context (say, in a task it spawned): the lease still
+/// ends when the runtime is done with the message, so the heartbeat does not go on
+/// extending a message already deleted, and the kept context's extension is refused.
+async fn a_context_kept_past_its_handler_holds_no_lease(backend: Backend) {
+    let q = TestQueue::new(backend, "kept-context", Options::default()).await;
+    q.send("quick").await;
+    let kept = Arc::new(std::sync::Mutex::new(None));
+    let keep = kept.clone();
+    let mut config = q.config();
+    config.visibility_timeout = Duration::from_secs(2);
+    config.heartbeat_interval = Duration::from_millis(200);
+    let worker = Worker::new(config).queue(q.queue.clone()).handler(handler_fn(move |_msg, ctx| {
+        let keep = keep.clone();
+        async move {
+            *keep.lock().unwrap() = Some(ctx);
+            Ok::<_, BoxError>(Outcome::Ack)
+        }
+    }));
+    let (run, stop) = start(worker);
+    assert!(eventually(Duration::from_secs(15), || async { q.counts().await == (0, 0) }).await, "deleted");
+    let before = q.queue.request_counts().change_visibility;
+    // Past half the visibility timeout several times over: a live lease would be extended.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(q.queue.request_counts().change_visibility, before, "no heartbeat for a settled message");
+    let ctx = kept.lock().unwrap().take().expect("the handler ran");
+    assert!(ctx.extend_visibility(Duration::from_secs(30)).await.is_err(), "the lease ended with the handler");
+    stop.notify_one();
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!((summary.deliveries, summary.deleted), (1, 1));
+}
+
 async fn shutdown_mid_job_lets_it_finish_and_deletes_it(backend: Backend) {
     let q = TestQueue::new(backend, "drain", Options::default()).await;
     q.send("three-seconds").await;
@@ -340,6 +371,7 @@ on_both_backends!(
     a_failure_comes_back_after_the_backoff,
     a_panic_is_caught_and_the_message_retried,
     the_heartbeat_keeps_a_long_job_from_redelivery,
+    a_context_kept_past_its_handler_holds_no_lease,
     shutdown_mid_job_lets_it_finish_and_deletes_it,
     the_drain_deadline_releases_what_is_still_running,
     an_idle_worker_told_to_abandon_its_receive_stops_within_a_second,
