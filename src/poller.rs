@@ -313,7 +313,7 @@ impl Poller {
 mod tests {
     use super::*;
     use crate::acker::Acker;
-    use crate::dispatch::Counters;
+    use crate::dispatch::{Counters, Pool};
     use crate::lease::Leases;
     use crate::queue::{BATCH_MAX, Hooked, MemoryQueue, OutgoingMessage};
     use crate::{BoxError, Config, Outcome, handler_fn};
@@ -359,6 +359,7 @@ mod tests {
                 leases: Leases::new(queue.clone(), Duration::from_secs(30), Duration::from_secs(5)),
                 protection: crate::Protection::off(),
                 protecting: Arc::default(),
+                pool: Pool::default(),
                 config: Arc::new(Config::default()),
                 intake: intake.clone(),
                 deadline: CancellationToken::new(),
@@ -388,6 +389,7 @@ mod tests {
         async fn finish(self) {
             self.tracker.close();
             self.tracker.wait().await;
+            self.dispatcher.pool.close();
             drop(self.dispatcher);
             self.acker_task.await.unwrap();
         }
@@ -517,6 +519,42 @@ mod tests {
         assert_eq!(started.load(Ordering::SeqCst), 0, "no handler may start after shutdown began");
         assert_eq!(counters.released.load(Ordering::Relaxed), 3);
         assert_eq!(memory.visible_len(), 3, "visible again at once, not after 30 s");
+    }
+
+    /// A message task outlives its message: kept idle for the next one (never more tasks than
+    /// slots), counted by the drain only while it runs a job, ended when the pool closes.
+    #[tokio::test(start_paused = true)]
+    async fn message_tasks_are_reused_and_end_when_the_pool_closes() {
+        let memory = MemoryQueue::new("pool");
+        let queue = Queue::memory(&memory);
+        for i in 0..200 {
+            queue.send(OutgoingMessage::new(i.to_string())).await.unwrap();
+        }
+        let intake = CancellationToken::new();
+        let (rig, poller) = Rig::new(&queue, &intake, 4, Duration::ZERO);
+        let polling = tokio::spawn(poller.run());
+        for _ in 0..1_000 {
+            if rig.handled.load(Ordering::SeqCst) == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(rig.handled.load(Ordering::SeqCst), 200);
+        intake.cancel();
+        polling.await.unwrap().unwrap();
+        rig.tracker.close();
+        tokio::time::timeout(Duration::from_secs(5), rig.tracker.wait()).await.expect("idle tasks are not waited for");
+        let idle = rig.dispatcher.pool.idle();
+        assert!((1..=4).contains(&idle), "{idle} tasks kept after 200 messages on 4 slots");
+        rig.dispatcher.pool.close();
+        assert_eq!(rig.dispatcher.pool.idle(), 0);
+        let ended = async {
+            while Arc::strong_count(&rig.dispatcher) > 1 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), ended).await.expect("closed, the tasks end");
+        rig.finish().await;
     }
 
     #[tokio::test(start_paused = true)]

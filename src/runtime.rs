@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::acker::{AckStats, Acker};
 use crate::config::{MetricsOutput, STOP_MARGIN};
-use crate::dispatch::{Counters, Dispatcher, Work};
+use crate::dispatch::{Counters, Dispatcher, Pool, Work};
 use crate::events::{Event, Events, ProtectionEvent, ShutdownPhase, Subscription};
 use crate::health::Health;
 use crate::lease::Leases;
@@ -407,6 +407,7 @@ impl Worker {
                 leases,
                 protection: protection.clone(),
                 protecting: Arc::default(),
+                pool: Pool::default(),
                 config: config.clone(),
                 intake: intake.clone(),
                 deadline: deadline.clone(),
@@ -522,6 +523,8 @@ impl Worker {
             );
         }
         while pollers.join_next().await.is_some() {}
+        // No message comes in any more: idle message tasks end now, busy ones after their job.
+        lanes.iter().for_each(|lane| lane.dispatcher.pool.close());
         health.draining();
         events.emit(|| Event::Shutdown(ShutdownPhase::PollingStopped));
         tracker.close();

@@ -1,0 +1,122 @@
+//! The tasks that run messages: spawned as the work needs them and kept, idle, for the next
+//! message instead of ending with each one. A message then costs no task of its own: tokio's
+//! task cell is aligned to 128 bytes, and that aligned allocation (glibc's `posix_memalign`)
+//! was the largest single cost of a message on the embedded queue.
+//!
+//! A task never waits for work that is not there: a job goes to an idle task when there is
+//! one, else to a new task, so every job starts at once. The tasks are at most as many as
+//! jobs ever ran at once (the worker's concurrency bounds them). They end when the pool is
+//! closed: idle ones at once, busy ones after their job.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
+use super::Dispatcher;
+use crate::Message;
+
+/// What one task runs: the messages of one receive handed out together.
+pub(crate) enum Job {
+    One(Message, OwnedSemaphorePermit),
+    /// The messages of one FIFO group, in order.
+    Group(Vec<Message>, Vec<OwnedSemaphorePermit>),
+    Batch(Vec<Message>, Vec<OwnedSemaphorePermit>),
+}
+
+/// A job and the tracker's count of it: the drain waits for jobs, not for idle tasks.
+type Assigned = (Job, TaskTrackerToken);
+
+/// One task's mailbox.
+#[derive(Default)]
+struct Slot {
+    job: Mutex<Option<Assigned>>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct Idle {
+    slots: Vec<Arc<Slot>>,
+    closed: bool,
+}
+
+/// The idle tasks of one dispatcher.
+#[derive(Default)]
+pub(crate) struct Pool {
+    idle: Mutex<Idle>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle = self.idle.lock().expect("task pool poisoned");
+        f.debug_struct("Pool").field("idle", &idle.slots.len()).field("closed", &idle.closed).finish()
+    }
+}
+
+impl Pool {
+    /// Starts `job` at once: on the task that went idle last (its stack and cache are the
+    /// warmest), or on a new one.
+    pub(super) fn submit(&self, dispatcher: &Arc<Dispatcher>, job: Job, token: TaskTrackerToken) {
+        let slot = {
+            let mut idle = self.idle.lock().expect("task pool poisoned");
+            if idle.closed { None } else { idle.slots.pop() }
+        };
+        match slot {
+            Some(slot) => {
+                *slot.job.lock().expect("task slot poisoned") = Some((job, token));
+                slot.ready.notify_one();
+            }
+            None => {
+                tokio::spawn(serve(dispatcher.clone(), (job, token)));
+            }
+        }
+    }
+
+    /// Ends the idle tasks now and each busy one after its job. Jobs submitted later (none
+    /// should be) still run, each on a task of its own.
+    pub(crate) fn close(&self) {
+        let slots = {
+            let mut idle = self.idle.lock().expect("task pool poisoned");
+            idle.closed = true;
+            std::mem::take(&mut idle.slots)
+        };
+        // An empty slot tells its task to end.
+        slots.iter().for_each(|slot| slot.ready.notify_one());
+    }
+
+    /// Offers `slot`'s task for the next job; `false` once the pool is closed.
+    fn park(&self, slot: &Arc<Slot>) -> bool {
+        let mut idle = self.idle.lock().expect("task pool poisoned");
+        if idle.closed {
+            return false;
+        }
+        idle.slots.push(slot.clone());
+        true
+    }
+
+    /// Idle tasks now.
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> usize {
+        self.idle.lock().expect("task pool poisoned").slots.len()
+    }
+}
+
+/// One task: its first job, then whatever it is given while idle, until the pool closes.
+async fn serve(dispatcher: Arc<Dispatcher>, first: Assigned) {
+    let slot = Arc::new(Slot::default());
+    let mut next = Some(first);
+    while let Some((job, token)) = next.take() {
+        match job {
+            Job::One(message, permit) => dispatcher.run_one(message, permit).await,
+            Job::Group(group, permits) => dispatcher.run_group(group, permits).await,
+            Job::Batch(messages, permits) => dispatcher.run_batch(messages, permits).await,
+        }
+        drop(token);
+        if !dispatcher.pool.park(&slot) {
+            return;
+        }
+        // A job assigned before this wait stored a permit: no wake-up is lost.
+        slot.ready.notified().await;
+        next = slot.job.lock().expect("task slot poisoned").take();
+    }
+}
