@@ -243,11 +243,6 @@ impl LeaseHandle {
     pub(crate) fn to_ref(&self) -> LeaseRef {
         self.lease.clone()
     }
-
-    #[cfg(test)]
-    pub(crate) async fn extend(&self, visibility: Duration) -> Result<(), crate::Error> {
-        self.lease.extend(visibility).await
-    }
 }
 
 impl LeaseRef {
@@ -439,7 +434,9 @@ mod tests {
         let queue = Queue::memory(&memory);
         let msg = received(&queue, Duration::from_secs(30)).await;
         let leases = Leases::new(queue.clone(), Duration::from_secs(30), Duration::from_secs(5));
-        let lease = leases.register(&msg, CancellationToken::new());
+        let handle = leases.register(&msg, CancellationToken::new());
+        // Extended as a handler's context does, through its reference.
+        let lease = handle.to_ref();
         lease.extend(Duration::from_secs(600)).await.unwrap();
         let stop = CancellationToken::new();
         let beat = tokio::spawn(leases.clone().run(stop.clone()));
