@@ -395,6 +395,19 @@ mod tests {
         }
     }
 
+    /// Checks `done` every `every` for up to `limit` (of the test's clock); whether it came
+    /// true.
+    async fn until(limit: Duration, every: Duration, done: impl Fn() -> bool) -> bool {
+        let end = tokio::time::Instant::now() + limit;
+        while !done() {
+            if tokio::time::Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(every).await;
+        }
+        true
+    }
+
     /// A memory queue whose deletes wait until `open` has permits (one per delete call).
     struct SlowDeletes {
         inner: MemoryQueue,
@@ -462,12 +475,7 @@ mod tests {
         assert!(after_one <= before + 10, "{before} then {after_one}: receives resume only when half are settled");
         // Deletes flow again: everything is handled and deleted.
         open.add_permits(1_000);
-        for _ in 0..100 {
-            if memory.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        until(Duration::from_secs(20), Duration::from_millis(200), || memory.is_empty()).await;
         assert!(memory.is_empty(), "{} left", memory.len());
         assert_eq!(handled.load(Ordering::SeqCst), 500, "each once");
         intake.cancel();
@@ -533,12 +541,7 @@ mod tests {
         let intake = CancellationToken::new();
         let (rig, poller) = Rig::new(&queue, &intake, 4, Duration::ZERO);
         let polling = tokio::spawn(poller.run());
-        for _ in 0..1_000 {
-            if rig.handled.load(Ordering::SeqCst) == 200 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until(Duration::from_secs(10), Duration::from_millis(10), || rig.handled.load(Ordering::SeqCst) == 200).await;
         assert_eq!(rig.handled.load(Ordering::SeqCst), 200);
         intake.cancel();
         polling.await.unwrap().unwrap();
@@ -548,12 +551,9 @@ mod tests {
         assert!((1..=4).contains(&idle), "{idle} tasks kept after 200 messages on 4 slots");
         rig.dispatcher.pool.close();
         assert_eq!(rig.dispatcher.pool.idle(), 0);
-        let ended = async {
-            while Arc::strong_count(&rig.dispatcher) > 1 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(5), ended).await.expect("closed, the tasks end");
+        let ended =
+            until(Duration::from_secs(5), Duration::from_millis(1), || Arc::strong_count(&rig.dispatcher) == 1).await;
+        assert!(ended, "closed, the tasks end");
         rig.finish().await;
     }
 
