@@ -46,13 +46,6 @@ pub(crate) struct Pool {
     idle: Mutex<Idle>,
 }
 
-impl std::fmt::Debug for Pool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let idle = self.idle.lock().expect("task pool poisoned");
-        f.debug_struct("Pool").field("idle", &idle.slots.len()).field("closed", &idle.closed).finish()
-    }
-}
-
 impl Pool {
     /// Starts `job` at once: on the task that went idle last (its stack and cache are the
     /// warmest), or on a new one.
