@@ -7,6 +7,10 @@
 //! backoff; entries SQS refuses for good (a stale receipt handle) are logged. When every
 //! sender is gone, whatever is pending is flushed before the task ends.
 //!
+//! The requests in flight run inside the acker's own task, not as tasks of their own, and a
+//! request that panics loses only its batch (whose messages come back after their
+//! visibility timeout).
+//!
 //! Acknowledgements not yet answered by SQS are counted ([`Backlog`]): when deletes fall
 //! behind the handlers (a slow or failing SQS, too few requests in flight for the rate), the
 //! pollers stop taking messages until half the backlog is gone, instead of piling up
@@ -18,8 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{Notify, mpsc};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::Message;
@@ -259,35 +264,73 @@ async fn run(
     let mut incoming = Vec::with_capacity(RECEIVE_AT_ONCE);
     let mut deletes = Pending::default();
     let mut changes = Pending::default();
-    let mut in_flight = JoinSet::new();
+    // The requests in flight run inside this task, not as tasks of their own: a batch costs
+    // no task spawn, and a request the queue answers at once (the memory queue) is done at
+    // its first poll.
+    let mut in_flight = FuturesUnordered::new();
+    let settle = |(outcome, sent): (std::thread::Result<()>, usize)| {
+        if outcome.is_err() {
+            // Its messages come back after their visibility timeout.
+            tracing::error!(
+                entries = sent,
+                "an acknowledgement request panicked; its messages will be delivered again"
+            );
+        }
+        backlog.settle(sent);
+    };
+    // One timer for the flush interval, moved when the oldest pending entry changes, rather
+    // than a timer made and dropped at every wake.
+    let flush = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(flush);
     let mut open = true;
     loop {
         let now = Instant::now();
-        for pending in [&mut deletes, &mut changes] {
-            while in_flight.len() < concurrency && pending.ready(now, interval, !open) {
-                let batch = pending.take();
-                let (backlog, sent) = (backlog.clone(), batch.len());
-                let send = send_batch(queue.clone(), batch, stats.clone(), telemetry.clone());
-                in_flight.spawn(async move {
-                    send.await;
-                    backlog.settle(sent);
-                });
+        // Send what is ready while there is room; requests the queue answers at once (the
+        // memory queue) are settled here, making room for the next without another wake.
+        loop {
+            for pending in [&mut deletes, &mut changes] {
+                while in_flight.len() < concurrency && pending.ready(now, interval, !open) {
+                    let batch = pending.take();
+                    let sent = batch.len();
+                    let send = send_batch(queue.clone(), batch, stats.clone(), telemetry.clone());
+                    in_flight
+                        .push(std::panic::AssertUnwindSafe(send).catch_unwind().map(move |outcome| (outcome, sent)));
+                }
+            }
+            let mut settled = false;
+            while let Some(Some(done)) = in_flight.next().now_or_never() {
+                settle(done);
+                settled = true;
+            }
+            if !settled {
+                break;
             }
         }
         if !open && deletes.requests.is_empty() && changes.requests.is_empty() && in_flight.is_empty() {
             return;
         }
         let next_due = [deletes.due(interval), changes.due(interval)].into_iter().flatten().min();
+        if let Some(due) = next_due.filter(|due| *due != flush.deadline()) {
+            flush.as_mut().reset(due);
+        }
         tokio::select! {
             biased;
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            // Polled with this task's waker before it waits, so a request finishing later
+            // wakes it.
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => settle(done),
             received = rx.recv_many(&mut incoming, RECEIVE_AT_ONCE), if open => {
                 open = received > 0;
                 for r in incoming.drain(..) {
                     if r.kind == Kind::Delete { deletes.push(r) } else { changes.push(r) }
                 }
+                // Part of a batch: let the tasks ready now run first (a handler that finishes
+                // meanwhile adds its acknowledgement without waking this task), then take
+                // theirs. With nothing new after that, this task waits as before.
+                if open && [&deletes, &changes].iter().any(|p| p.requests.len() % BATCH_MAX != 0) {
+                    tokio::task::yield_now().await;
+                }
             }
-            _ = tokio::time::sleep_until(next_due.unwrap_or(now)), if next_due.is_some() && in_flight.len() < concurrency => {}
+            _ = &mut flush, if next_due.is_some() && in_flight.len() < concurrency => {}
         }
     }
 }
@@ -493,6 +536,63 @@ mod tests {
         assert_eq!(stats.deleted.load(Ordering::Relaxed), 10);
         assert_eq!(stats.delete_failed.load(Ordering::Relaxed), 0);
         assert_eq!(queue.request_counts().delete, 2, "one batch of 10, one retry of the 2 failed");
+    }
+
+    /// A queue whose first delete panics.
+    struct Panicky {
+        inner: MemoryQueue,
+        panicked: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl QueueBackend for Panicky {
+        async fn receive(&self, r: &ReceiveRequest) -> Result<Vec<Message>, QueueError> {
+            self.inner.receive(r).await
+        }
+        async fn delete_batch(&self, entries: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
+            if !self.panicked.swap(true, Ordering::SeqCst) {
+                panic!("a bug in a queue client");
+            }
+            self.inner.delete_batch(entries).await
+        }
+        async fn change_visibility_batch(&self, e: &[BatchEntry]) -> Result<Vec<BatchFailure>, QueueError> {
+            self.inner.change_visibility_batch(e).await
+        }
+        async fn send(&self, m: &OutgoingMessage) -> Result<String, QueueError> {
+            self.inner.send(m).await
+        }
+    }
+
+    /// A request that panics loses only its own batch (delivered again later): the acker goes
+    /// on, and the backlog that holds the pollers back counts that batch as settled.
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_request_settles_its_batch_and_the_acker_goes_on() {
+        let memory = MemoryQueue::new("panicky");
+        let seed = Queue::memory(&memory);
+        for i in 0..20 {
+            seed.send(OutgoingMessage::new(i.to_string())).await.unwrap();
+        }
+        let messages = receive_all(&seed, 20).await;
+        let queue = Queue::from_backend(
+            "memory://panicky".into(),
+            false,
+            Panicky { inner: memory.clone(), panicked: Default::default() },
+        );
+        let (acker, stats, task) = Acker::spawn(queue.clone(), Duration::from_millis(100), 4);
+        let backlog = acker.backlog().clone();
+        for m in &messages[..10] {
+            acker.delete(m);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(backlog.waiting(), 0, "the panicked batch is settled");
+        for m in &messages[10..] {
+            acker.delete(m);
+        }
+        drop(acker);
+        task.await.expect("the acker survives the panic");
+        assert_eq!(stats.deleted.load(Ordering::Relaxed), 10, "the second batch is deleted");
+        assert_eq!(memory.len(), 10, "the first batch's messages stay, to come back");
+        assert_eq!(backlog.waiting(), 0);
     }
 
     #[tokio::test(start_paused = true)]
