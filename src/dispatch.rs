@@ -35,7 +35,7 @@ use crate::{
 mod pool;
 
 use pool::Job;
-pub(crate) use pool::Pool;
+pub(crate) use pool::{IDLE_KEEP, Pool, trim_idle};
 
 /// SQS's limit of message attributes on one message.
 const MAX_ATTRIBUTES: usize = 10;

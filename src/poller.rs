@@ -313,7 +313,7 @@ impl Poller {
 mod tests {
     use super::*;
     use crate::acker::Acker;
-    use crate::dispatch::{Counters, Pool};
+    use crate::dispatch::{Counters, IDLE_KEEP, Pool};
     use crate::lease::Leases;
     use crate::queue::{BATCH_MAX, Hooked, MemoryQueue, OutgoingMessage};
     use crate::{BoxError, Config, Outcome, handler_fn};
@@ -554,6 +554,79 @@ mod tests {
         let ended =
             until(Duration::from_secs(5), Duration::from_millis(1), || Arc::strong_count(&rig.dispatcher) == 1).await;
         assert!(ended, "closed, the tasks end");
+        rig.finish().await;
+    }
+
+    /// A task idle since the last trim ends at the next; one given a job since stays, and a
+    /// job after every task ended gets a new one.
+    #[tokio::test(start_paused = true)]
+    async fn tasks_idle_through_a_trim_interval_end() {
+        let memory = MemoryQueue::new("trim");
+        let queue = Queue::memory(&memory);
+        for i in 0..200 {
+            queue.send(OutgoingMessage::new(i.to_string())).await.unwrap();
+        }
+        let intake = CancellationToken::new();
+        let (rig, poller) = Rig::new(&queue, &intake, 4, Duration::from_millis(50));
+        let pool = &rig.dispatcher.pool;
+        let polling = tokio::spawn(poller.run());
+        // Handled, and the task that ran it parked again.
+        let handled = |n| {
+            let seen = rig.handled.clone();
+            async move {
+                let done =
+                    until(Duration::from_secs(10), Duration::from_millis(10), || seen.load(Ordering::SeqCst) == n)
+                        .await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                done
+            }
+        };
+        assert!(handled(200).await);
+        let idle = pool.idle();
+        assert!((1..=4).contains(&idle), "{idle} tasks kept after 200 messages on 4 slots");
+        assert_eq!(pool.trim(), 0, "none was idle since the start");
+        queue.send(OutgoingMessage::new("one more")).await.unwrap();
+        assert!(handled(201).await);
+        assert_eq!(pool.trim(), idle - 1, "all but the one that ran the message");
+        assert_eq!(pool.idle(), 1);
+        assert_eq!(pool.trim(), 1);
+        assert_eq!(pool.idle(), 0);
+        queue.send(OutgoingMessage::new("after the trims")).await.unwrap();
+        assert!(handled(202).await, "a new task runs it");
+        assert_eq!(pool.idle(), 1);
+        intake.cancel();
+        polling.await.unwrap().unwrap();
+        assert_eq!(pool.trim(), 0, "started since the last trim");
+        assert_eq!(pool.trim(), 1);
+        let ended =
+            until(Duration::from_secs(5), Duration::from_millis(1), || Arc::strong_count(&rig.dispatcher) == 1).await;
+        assert!(ended, "trimmed, the tasks end without the pool closing");
+        rig.finish().await;
+    }
+
+    /// The trimmer ends idle tasks on its own within two intervals, and stops when the pool
+    /// closes.
+    #[tokio::test(start_paused = true)]
+    async fn the_trimmer_ends_idle_tasks_and_stops_with_the_pool() {
+        let memory = MemoryQueue::new("trimmer");
+        let queue = Queue::memory(&memory);
+        for i in 0..100 {
+            queue.send(OutgoingMessage::new(i.to_string())).await.unwrap();
+        }
+        let intake = CancellationToken::new();
+        let (rig, poller) = Rig::new(&queue, &intake, 4, Duration::ZERO);
+        let trimmer = tokio::spawn(crate::dispatch::trim_idle(rig.dispatcher.clone(), IDLE_KEEP));
+        let polling = tokio::spawn(poller.run());
+        let seen = rig.handled.clone();
+        until(Duration::from_secs(5), Duration::from_millis(10), || seen.load(Ordering::SeqCst) == 100).await;
+        intake.cancel();
+        polling.await.unwrap().unwrap();
+        assert!(rig.dispatcher.pool.idle() > 0);
+        tokio::time::sleep(IDLE_KEEP * 2).await;
+        assert_eq!(rig.dispatcher.pool.idle(), 0, "idle through a whole interval, they ended");
+        assert!(!trimmer.is_finished());
+        rig.dispatcher.pool.close();
+        tokio::time::timeout(Duration::from_secs(1), trimmer).await.expect("the trimmer stops").unwrap();
         rig.finish().await;
     }
 

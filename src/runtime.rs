@@ -414,6 +414,8 @@ impl Worker {
                 counters: counters.clone(),
                 telemetry,
             });
+            // Tasks a burst left idle end after a while; the trimmer stops when the pool closes.
+            tokio::spawn(crate::dispatch::trim_idle(dispatcher.clone(), crate::dispatch::IDLE_KEEP));
             // The pollers' batches add up to the share (64: one of ten and six of nine). Were
             // they to add up to more, one poller could never fill its batch: at every turn it
             // would wait out the batch window, and the freed slots it took would sit idle.

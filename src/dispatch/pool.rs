@@ -5,12 +5,16 @@
 //!
 //! A task never waits for work that is not there: a job goes to an idle task when there is
 //! one, else to a new task, so every job starts at once. The tasks are at most as many as
-//! jobs ever ran at once (the worker's concurrency bounds them). They end when the pool is
-//! closed: idle ones at once, busy ones after their job.
+//! jobs ever ran at once (the worker's concurrency bounds them). A task idle through a whole
+//! trim interval ([`IDLE_KEEP`]) ends, so a burst's tasks do not keep their memory for the
+//! life of the worker; all end when the pool is closed: idle ones at once, busy ones after
+//! their job.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::Dispatcher;
@@ -34,9 +38,16 @@ struct Slot {
     ready: Notify,
 }
 
+/// How often idle tasks are trimmed: a task idle through one whole interval ends, so an idle
+/// task lives between one and two of these.
+pub(crate) const IDLE_KEEP: Duration = Duration::from_secs(10);
+
 #[derive(Default)]
 struct Idle {
+    /// Last in, first out: the bottom ones have been idle the longest.
     slots: Vec<Arc<Slot>>,
+    /// The fewest idle since the last trim: the slots below it were not taken since.
+    low: usize,
     closed: bool,
 }
 
@@ -44,6 +55,7 @@ struct Idle {
 #[derive(Default)]
 pub(crate) struct Pool {
     idle: Mutex<Idle>,
+    closing: CancellationToken,
 }
 
 impl Pool {
@@ -52,7 +64,9 @@ impl Pool {
     pub(super) fn submit(&self, dispatcher: &Arc<Dispatcher>, job: Job, token: TaskTrackerToken) {
         let slot = {
             let mut idle = self.idle.lock().expect("task pool poisoned");
-            if idle.closed { None } else { idle.slots.pop() }
+            let slot = if idle.closed { None } else { idle.slots.pop() };
+            idle.low = idle.low.min(idle.slots.len());
+            slot
         };
         match slot {
             Some(slot) => {
@@ -73,8 +87,23 @@ impl Pool {
             idle.closed = true;
             std::mem::take(&mut idle.slots)
         };
+        self.closing.cancel();
         // An empty slot tells its task to end.
         slots.iter().for_each(|slot| slot.ready.notify_one());
+    }
+
+    /// Ends the tasks that stayed idle since the last trim (none was given a job); returns
+    /// how many.
+    pub(crate) fn trim(&self) -> usize {
+        let ended: Vec<Arc<Slot>> = {
+            let mut idle = self.idle.lock().expect("task pool poisoned");
+            let untouched = idle.low.min(idle.slots.len());
+            let ended = idle.slots.drain(..untouched).collect();
+            idle.low = idle.slots.len();
+            ended
+        };
+        ended.iter().for_each(|slot| slot.ready.notify_one());
+        ended.len()
     }
 
     /// Offers `slot`'s task for the next job; `false` once the pool is closed.
@@ -91,6 +120,21 @@ impl Pool {
     #[cfg(test)]
     pub(crate) fn idle(&self) -> usize {
         self.idle.lock().expect("task pool poisoned").slots.len()
+    }
+}
+
+/// Trims `dispatcher`'s idle tasks every `every` until its pool closes.
+pub(crate) async fn trim_idle(dispatcher: Arc<Dispatcher>, every: Duration) {
+    let closing = dispatcher.pool.closing.clone();
+    loop {
+        tokio::select! {
+            _ = closing.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let ended = dispatcher.pool.trim();
+        if ended > 0 {
+            tracing::debug!(ended, idle_for_s = every.as_secs(), "idle message tasks ended");
+        }
     }
 }
 
