@@ -1,6 +1,6 @@
 //! What a handler gets besides its message.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
@@ -22,7 +22,10 @@ use crate::{Protection, ProtectionError};
 /// returns an error.
 #[derive(Clone, Debug)]
 pub struct Context {
-    token: CancellationToken,
+    /// A single message's token is made when the handler first asks for it (through its
+    /// lease, so that every clone gets the same one); a batch's and a detached context's are
+    /// set from the start.
+    token: OnceLock<CancellationToken>,
     leases: ContextLeases,
     protection: Option<Protection>,
 }
@@ -47,29 +50,52 @@ impl ContextLeases {
 }
 
 impl Context {
+    /// A batch's context: one token for all its messages.
     pub(crate) fn new(token: CancellationToken, leases: ContextLeases, protection: Protection) -> Self {
-        Self { token, leases, protection: Some(protection) }
+        Self { token: OnceLock::from(token), leases, protection: Some(protection) }
+    }
+
+    /// A single message's context, whose token is its lease's.
+    pub(crate) fn single(lease: LeaseRef, protection: Protection) -> Self {
+        Self { token: OnceLock::new(), leases: ContextLeases::One(lease), protection: Some(protection) }
+    }
+
+    /// Asks the handler to stop: cancels the token, or has it start cancelled if the handler
+    /// has not asked for it yet.
+    pub(crate) fn cancel(&self) {
+        match (self.token.get(), &self.leases) {
+            (Some(token), _) => token.cancel(),
+            (None, ContextLeases::One(lease)) => lease.cancel(),
+            (None, ContextLeases::Many(_)) => unreachable!("a batch's context is made with its token"),
+        }
     }
 
     /// A context bound to no queue, for unit tests of handlers: it is never cancelled unless
     /// the test cancels [`token`](Self::token), and lease extensions do nothing.
     pub fn detached() -> Self {
-        Self { token: CancellationToken::new(), leases: ContextLeases::Many(Arc::new([])), protection: None }
+        Self {
+            token: OnceLock::from(CancellationToken::new()),
+            leases: ContextLeases::Many(Arc::new([])),
+            protection: None,
+        }
     }
 
     /// The cancellation token for this message.
     pub fn token(&self) -> &CancellationToken {
-        &self.token
+        self.token.get_or_init(|| match &self.leases {
+            ContextLeases::One(lease) => lease.token(),
+            ContextLeases::Many(_) => unreachable!("a batch's and a detached context are made with their token"),
+        })
     }
 
     /// Resolves when the handler should stop.
     pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
-        self.token.cancelled()
+        self.token().cancelled()
     }
 
     /// Whether the handler should stop.
     pub fn is_cancelled(&self) -> bool {
-        self.token.is_cancelled()
+        self.token().is_cancelled()
     }
 
     /// Makes the message (for a batch handler, every message of the batch) invisible for

@@ -291,11 +291,11 @@ impl Dispatcher {
 
     async fn run_one(&self, message: Message, _permit: OwnedSemaphorePermit) {
         let Some(_guard) = self.protect(std::slice::from_ref(&message)).await else { return };
-        // Not a child of the drain deadline: `attempt` cancels it when the deadline passes,
-        // and each message's own token keeps the deadline's lock out of the message path.
-        let token = CancellationToken::new();
-        let lease = self.leases.register(&message, token.clone());
-        self.handle(&message, lease, token).await;
+        // The handler's token is its lease's, made only if the handler asks for it. Not a
+        // child of the drain deadline: `attempt` cancels it when the deadline passes, which
+        // keeps the deadline's lock out of the message path.
+        let lease = self.leases.register(&message, None);
+        self.handle(&message, lease).await;
     }
 
     /// The messages of one FIFO group, in order. A message that does not complete holds
@@ -303,9 +303,7 @@ impl Dispatcher {
     async fn run_group(&self, group: Vec<Message>, mut permits: Vec<OwnedSemaphorePermit>) {
         let Some(_guard) = self.protect(&group).await else { return };
         // Every message's visibility clock runs from the receive: lease them all now.
-        let tokens: Vec<CancellationToken> = group.iter().map(|_| CancellationToken::new()).collect();
-        let mut leases: Vec<Option<LeaseHandle>> =
-            group.iter().zip(&tokens).map(|(m, t)| Some(self.leases.register(m, t.clone()))).collect();
+        let mut leases: Vec<Option<LeaseHandle>> = group.iter().map(|m| Some(self.leases.register(m, None))).collect();
         let mut blocked = false;
         for (i, message) in group.iter().enumerate() {
             let lease = leases[i].take().expect("each lease used once");
@@ -314,28 +312,29 @@ impl Dispatcher {
                 drop(lease);
                 tracing::debug!(message_id = %message.id, "released to keep its FIFO group in order");
                 self.release(message);
-            } else if self.handle(message, lease, tokens[i].clone()).await == Settled::Pending {
+            } else if self.handle(message, lease).await == Settled::Pending {
                 blocked = true;
             }
             permits.pop();
         }
     }
 
-    async fn handle(&self, message: &Message, lease: LeaseHandle, token: CancellationToken) -> Settled {
+    async fn handle(&self, message: &Message, lease: LeaseHandle) -> Settled {
         let span = message_span(self.telemetry.queue(), message);
         let began = tokio::time::Instant::now();
         self.telemetry.started(message, began);
-        let ctx = Context::new(token.clone(), ContextLeases::One(lease.to_ref()), self.protection.clone());
+        let ctx = Context::single(lease.to_ref(), self.protection.clone());
         let Work::One(handler) = &self.work else { unreachable!("batch routes use run_batch") };
         // The handler itself, not `Arc<dyn Handler>`'s forwarding impl, which would box a
         // second future around the handler's own for every message.
         let handler: &dyn Handler = &**handler;
         let call = handler.handle(message, &ctx);
-        let attempt = self.attempt(call.instrument(span.clone()), &token).await;
+        let attempt = self.attempt(call.instrument(span.clone()), &ctx).await;
         let took = began.elapsed();
-        token.cancel();
         let lost = lease.is_lost();
         drop(ctx);
+        // Ends the lease and cancels its token, if the handler made one (a clone of the
+        // context kept past the handler sees it cancelled).
         drop(lease);
         let result = match attempt {
             Attempt::Finished(answer) => Ok(answer),
@@ -360,7 +359,7 @@ impl Dispatcher {
     async fn run_batch(&self, messages: Vec<Message>, _permits: Vec<OwnedSemaphorePermit>) {
         let Some(_guard) = self.protect(&messages).await else { return };
         let token = CancellationToken::new();
-        let leases: Vec<LeaseHandle> = messages.iter().map(|m| self.leases.register(m, token.clone())).collect();
+        let leases: Vec<LeaseHandle> = messages.iter().map(|m| self.leases.register(m, Some(token.clone()))).collect();
         let ctx = Context::new(
             token.clone(),
             ContextLeases::Many(leases.iter().map(LeaseHandle::to_ref).collect()),
@@ -370,7 +369,7 @@ impl Dispatcher {
         let span = tracing::info_span!("batch", queue = &**self.telemetry.queue(), messages = messages.len());
         let began = tokio::time::Instant::now();
         messages.iter().for_each(|m| self.telemetry.started(m, began));
-        let attempt = self.attempt(handler.handle_batch(&messages, &ctx).instrument(span.clone()), &token).await;
+        let attempt = self.attempt(handler.handle_batch(&messages, &ctx).instrument(span.clone()), &ctx).await;
         let took = began.elapsed();
         token.cancel();
         let lost: Vec<bool> = leases.iter().map(|l| l.is_lost()).collect();
@@ -419,9 +418,9 @@ impl Dispatcher {
     }
 
     /// Runs the handler call under the timeout, catching panics, stopping at the deadline.
-    /// When the timeout or the deadline comes first, `token` is cancelled and the handler
+    /// When the timeout or the deadline comes first, `ctx` is cancelled and the handler
     /// gets [`CANCEL_GRACE`] to return before it is dropped.
-    async fn attempt<F: Future>(&self, call: F, token: &CancellationToken) -> Attempt<F::Output> {
+    async fn attempt<F: Future>(&self, call: F, ctx: &Context) -> Attempt<F::Output> {
         let call = AssertUnwindSafe(call).catch_unwind();
         tokio::pin!(call);
         // The timeout counts from the call, its first poll included.
@@ -446,7 +445,7 @@ impl Dispatcher {
             _ = expired => true,
             result = &mut call => return Attempt::ended(result),
         };
-        token.cancel();
+        ctx.cancel();
         let late = Box::pin(tokio::time::timeout(CANCEL_GRACE, &mut call)).await.ok().and_then(Result::ok);
         if timed_out {
             Attempt::TimedOut { limit: self.config.handler_timeout.unwrap_or_default(), late }

@@ -35,7 +35,44 @@ struct Lease {
     received_at: Instant,
     expires_at: Instant,
     period: Duration,
-    token: CancellationToken,
+    token: Token,
+}
+
+/// A lease's cancellation token, made only when something asks for it: most handlers never
+/// look at theirs, and a token costs an allocation and a lock at each clone, cancel and drop.
+#[derive(Debug)]
+enum Token {
+    /// Not asked for yet, not cancelled.
+    Unmade,
+    /// Cancelled before anyone asked: the token made later starts cancelled.
+    Cancelled,
+    Made(CancellationToken),
+}
+
+impl Token {
+    fn get(&mut self) -> CancellationToken {
+        let token = match std::mem::replace(self, Token::Unmade) {
+            Token::Made(token) => token,
+            Token::Unmade => CancellationToken::new(),
+            Token::Cancelled => cancelled(),
+        };
+        *self = Token::Made(token.clone());
+        token
+    }
+
+    fn cancel(&mut self) {
+        match self {
+            Token::Made(token) => token.cancel(),
+            Token::Unmade => *self = Token::Cancelled,
+            Token::Cancelled => {}
+        }
+    }
+}
+
+fn cancelled() -> CancellationToken {
+    let token = CancellationToken::new();
+    token.cancel();
+    token
 }
 
 #[derive(Debug)]
@@ -104,8 +141,10 @@ impl Leases {
         }
     }
 
-    /// Registers a received message; `token` is cancelled if its lease is lost.
-    pub(crate) fn register(&self, message: &Message, token: CancellationToken) -> LeaseHandle {
+    /// Registers a received message. Its token (`token`, or one made when first asked for
+    /// through [`LeaseRef::token`]) is cancelled when the lease is lost, when
+    /// [`LeaseRef::cancel`] is called, and when the lease ends.
+    pub(crate) fn register(&self, message: &Message, token: Option<CancellationToken>) -> LeaseHandle {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let lease = Lease {
             message_id: message.id.clone(),
@@ -113,7 +152,7 @@ impl Leases {
             received_at: message.received_at,
             expires_at: message.received_at + self.shared.visibility,
             period: self.shared.visibility,
-            token,
+            token: token.map_or(Token::Unmade, Token::Made),
         };
         self.shared.leases.lock().expect("lease registry poisoned").insert(id, lease);
         LeaseHandle { lease: LeaseRef { shared: self.shared.clone(), id } }
@@ -221,7 +260,7 @@ impl Leases {
     }
 }
 
-fn lose(telemetry: &Telemetry, lease: &Lease, reason: &str) {
+fn lose(telemetry: &Telemetry, lease: &mut Lease, reason: &str) {
     telemetry.lease_lost(&lease.message_id);
     lease.token.cancel();
     let in_flight = lease.received_at.elapsed();
@@ -246,6 +285,23 @@ impl LeaseHandle {
 }
 
 impl LeaseRef {
+    /// The lease's cancellation token, made at the first call; cancelled already when the
+    /// lease is lost or ended.
+    pub(crate) fn token(&self) -> CancellationToken {
+        match self.shared.leases.lock().expect("lease registry poisoned").get_mut(&self.id) {
+            Some(lease) => lease.token.get(),
+            None => cancelled(),
+        }
+    }
+
+    /// Cancels the lease's token (the handler should stop), or has it start cancelled if it
+    /// is not made yet.
+    pub(crate) fn cancel(&self) {
+        if let Some(lease) = self.shared.leases.lock().expect("lease registry poisoned").get_mut(&self.id) {
+            lease.token.cancel();
+        }
+    }
+
     /// Extends the lease by `visibility` from now; an error once the lease is lost or ended.
     pub(crate) async fn extend(&self, visibility: Duration) -> Result<(), crate::Error> {
         let shared = &self.shared;
@@ -290,8 +346,11 @@ impl LeaseRef {
 
 impl Drop for LeaseHandle {
     fn drop(&mut self) {
-        if let Ok(mut leases) = self.lease.shared.leases.lock() {
-            leases.remove(&self.lease.id);
+        let ended = self.lease.shared.leases.lock().ok().and_then(|mut leases| leases.remove(&self.lease.id));
+        // Outside the lock: a handler's clone of the context, kept past its return, may be
+        // waiting on the token.
+        if let Some(mut lease) = ended {
+            lease.token.cancel();
         }
     }
 }
@@ -326,7 +385,7 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..4 {
             let msg = received(&queue, visibility).await;
-            held.push(leases.register(&msg, CancellationToken::new()));
+            held.push(leases.register(&msg, None));
         }
         let context = |leases| crate::Context::new(CancellationToken::new(), leases, crate::Protection::off());
         let one = context(ContextLeases::One(held[0].to_ref()));
@@ -346,7 +405,7 @@ mod tests {
         let msg = received(&queue, visibility).await;
         let leases = Leases::new(queue.clone(), visibility, Duration::from_secs(5));
         let token = CancellationToken::new();
-        let lease = leases.register(&msg, token.clone());
+        let lease = leases.register(&msg, Some(token.clone()));
         let stop = CancellationToken::new();
         let beat = tokio::spawn(leases.clone().run(stop.clone()));
 
@@ -374,7 +433,7 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..25 {
             let msg = received(&queue, visibility).await;
-            held.push(leases.register(&msg, CancellationToken::new()));
+            held.push(leases.register(&msg, None));
         }
         let stop = CancellationToken::new();
         let beat = tokio::spawn(leases.clone().run(stop.clone()));
@@ -394,7 +453,7 @@ mod tests {
         let msg = received(&queue, visibility).await;
         let leases = Leases::new(queue.clone(), visibility, Duration::from_secs(600));
         let token = CancellationToken::new();
-        let lease = leases.register(&msg, token.clone());
+        let lease = leases.register(&msg, Some(token.clone()));
         let stop = CancellationToken::new();
         let beat = tokio::spawn(leases.clone().run(stop.clone()));
 
@@ -410,6 +469,58 @@ mod tests {
         beat.await.unwrap();
     }
 
+    /// A single message's token is made only when its handler asks; whenever that is, it
+    /// says what happened to the lease: cancelled before it was made, lost, or ended.
+    #[tokio::test(start_paused = true)]
+    async fn a_token_made_when_asked_for_follows_its_lease() {
+        use crate::Protection;
+        let memory = MemoryQueue::new("lazy");
+        let queue = Queue::memory(&memory);
+        let visibility = Duration::from_secs(30);
+        let leases = Leases::new(queue.clone(), visibility, Duration::from_secs(3600));
+
+        // Asked for twice, and by two clones of a context: one token.
+        let handle = leases.register(&received(&queue, visibility).await, None);
+        let ctx = crate::Context::single(handle.to_ref(), Protection::off());
+        let early = ctx.clone();
+        let token = ctx.token().clone();
+        assert!(!token.is_cancelled());
+        ctx.cancel();
+        assert!(token.is_cancelled() && early.is_cancelled(), "every clone shares the one token");
+        drop((ctx, early, handle));
+
+        // Cancelled (the handler timed out, the drain deadline passed) before the handler
+        // asked: the token it gets then starts cancelled.
+        let handle = leases.register(&received(&queue, visibility).await, None);
+        let ctx = crate::Context::single(handle.to_ref(), Protection::off());
+        ctx.cancel();
+        assert!(ctx.is_cancelled(), "a token made after the cancel starts cancelled");
+        assert!(!handle.is_lost(), "cancelling is not losing the lease");
+        drop((ctx, handle));
+
+        // Made while the handler runs: cancelled when the lease ends with it, and one asked
+        // for after that (a context kept past its handler) is cancelled already.
+        let handle = leases.register(&received(&queue, visibility).await, None);
+        let ctx = crate::Context::single(handle.to_ref(), Protection::off());
+        let kept = ctx.clone();
+        let made = ctx.token().clone();
+        drop((ctx, handle));
+        assert!(made.is_cancelled(), "the lease's end cancels its token");
+        assert!(kept.is_cancelled());
+        assert_eq!(leases.len(), 0);
+
+        // Lost (the visibility ran out unextended): made before, cancelled by the loss; made
+        // after, cancelled already.
+        let before = leases.register(&received(&queue, visibility).await, None);
+        let after = leases.register(&received(&queue, visibility).await, None);
+        let made = before.to_ref().token();
+        tokio::time::advance(visibility + Duration::from_secs(1)).await;
+        leases.beat().await;
+        assert!(before.is_lost() && after.is_lost());
+        assert!(made.is_cancelled(), "the loss cancels a token made before it");
+        assert!(after.to_ref().token().is_cancelled(), "a token made after the loss is cancelled");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_refused_extension_cancels_the_handler() {
         let memory = MemoryQueue::new("refused");
@@ -419,7 +530,7 @@ mod tests {
         msg.receipt_handle = "not-a-receipt".into();
         let leases = Leases::new(queue.clone(), visibility, Duration::from_secs(5));
         let token = CancellationToken::new();
-        let lease = leases.register(&msg, token.clone());
+        let lease = leases.register(&msg, Some(token.clone()));
         let stop = CancellationToken::new();
         let beat = tokio::spawn(leases.clone().run(stop.clone()));
         tokio::time::sleep(Duration::from_secs(20)).await;
@@ -434,7 +545,7 @@ mod tests {
         let queue = Queue::memory(&memory);
         let msg = received(&queue, Duration::from_secs(30)).await;
         let leases = Leases::new(queue.clone(), Duration::from_secs(30), Duration::from_secs(5));
-        let handle = leases.register(&msg, CancellationToken::new());
+        let handle = leases.register(&msg, None);
         // Extended as a handler's context does, through its reference.
         let lease = handle.to_ref();
         lease.extend(Duration::from_secs(600)).await.unwrap();
