@@ -8,7 +8,9 @@
 # minutes; needs Python 3, Node 20+ and npm.
 #
 # Usage: scripts/bench-peers.sh [--smoke] [--messages N] [--runs R] [--out FILE.json] [--only SECTION]
-#   --only    noop, 50ms, rss or sigterm: one section of the benchmark (repeatable)
+#   --only    noop, 50ms, rss or sigterm: one section of the benchmark (repeatable); or
+#             instructions (not in the default run; needs valgrind): instructions a message of
+#             holdfast and the bare loop, counted by callgrind, drains of N less drains of N/4
 #   --smoke   a few hundred messages, one run, debug builds, no timing assertion: fails only
 #             when a consumer does not drain its queue or loses a message at SIGTERM (the
 #             test suite runs it)

@@ -122,17 +122,7 @@ class Bench:
         try:
             self.wait_first_receive(process, base)
             t0, cpu0 = time.monotonic(), cpu_s(process.pid)
-            deadline = t0 + DRAIN_LIMIT_S
-            while True:
-                s = self.stats()
-                left = s["queues"][name]["messages"]
-                if left == 0:
-                    break
-                if process.poll() is not None:
-                    raise Failure(f"exited with {process.returncode}, {left} left: {stderr_of(process)}")
-                if time.monotonic() > deadline:
-                    raise Failure(f"{left} of {messages} messages left after {DRAIN_LIMIT_S} s")
-                time.sleep(0.005)
+            s = self.wait_drained(process, name, messages, DRAIN_LIMIT_S)
             t1, cpu1, hwm = time.monotonic(), cpu_s(process.pid), hwm_mib(process.pid)
         finally:
             stop(process)
@@ -144,6 +134,49 @@ class Bench:
             "rss_mib": hwm,
             "seconds": t1 - t0,
         }
+
+    def wait_drained(self, process, name, messages, limit_s):
+        """Waits for queue NAME to hold no message; returns the server's stats then."""
+        deadline = time.monotonic() + limit_s
+        while True:
+            s = self.stats()
+            left = s["queues"][name]["messages"]
+            if left == 0:
+                return s
+            if process.poll() is not None:
+                raise Failure(f"exited with {process.returncode}, {left} left: {stderr_of(process)}")
+            if time.monotonic() > deadline:
+                raise Failure(f"{left} of {messages} messages left after {limit_s} s")
+            time.sleep(0.005)
+
+    def instructions(self, label, consumer, messages, out_dir):
+        """Instructions the consumer process runs (valgrind's callgrind, which counts them the
+        same whatever else the machine does) from its start to its exit, draining MESSAGES:
+        started under callgrind, sent SIGTERM once the queue is empty. The difference between
+        two drains of different sizes is the cost of the messages between them, without the
+        start-up and the exit."""
+        name, url = self.preload(label, messages)
+        argv, env, cwd = self.command(consumer, url, 0)
+        # No wait for the long poll in flight at the SIGTERM: the queue is empty by then.
+        env["HOLDFAST_SHUTDOWN_RECEIVE"] = "abandon"
+        out = os.path.join(out_dir, f"{name}.callgrind")
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + argv
+        base = self.stats()
+        process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            self.wait_first_receive(process, base)
+            s = self.wait_drained(process, name, messages, 10 * DRAIN_LIMIT_S)
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                raise Failure("did not exit within 120 s of SIGTERM") from None
+        finally:
+            stop(process)
+        with open(out) as f:
+            total = next(int(line.split()[1]) for line in f if line.startswith("summary:"))
+        return {"instructions": total, "requests": s["total"] - base["total"], "file": out}
 
     def in_flight_rss(self, label, consumer, messages):
         """Peak RSS once MESSAGES messages are all in flight in long handlers."""
@@ -274,6 +307,8 @@ def interleaved(bench, label, consumers, runs, job, failures, results):
 
 
 SECTIONS = ["noop", "50ms", "rss", "sigterm"]
+# Not in the default run: needs valgrind, and each drain runs about fifty times slower.
+EXTRA_SECTIONS = ["instructions"]
 
 
 def main():
@@ -285,8 +320,10 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", help="write every run's figures here as JSON")
-    p.add_argument("--only", action="append", choices=SECTIONS,
-                   help="run only this section (repeatable; default: all)")
+    p.add_argument("--only", action="append", choices=SECTIONS + EXTRA_SECTIONS,
+                   help="run only this section (repeatable; default: all but instructions)")
+    p.add_argument("--callgrind-dir", help="where the instructions section writes callgrind's files "
+                   "(default: BIN_DIR/callgrind-peers)")
     a = p.parse_args()
     wanted = set(a.only or SECTIONS)
     bins = {
@@ -317,6 +354,32 @@ def main():
         results = {}
         interleaved(bench, "no-op", noop, runs, lambda c: bench.drain("noop", c, a.messages), failures, results)
         report["noop"] = results
+
+    if "instructions" in wanted:
+        small, large = (a.messages // 4, a.messages)
+        print(f"== instructions a message under callgrind: drains of {large} less drains of {small}, "
+              f"{runs} run(s) each", flush=True)
+        out_dir = a.callgrind_dir or os.path.join(a.bin_dir, "callgrind-peers")
+        os.makedirs(out_dir, exist_ok=True)
+        counted = [
+            ("holdfast", 40),
+            ("holdfast" + ONE_THREAD, 40),
+            ("bare", 4),
+            ("bare" + ONE_THREAD, 4),
+            ("bare-attributes" + ONE_THREAD, 4),
+        ]
+
+        def per_message(consumer):
+            few = bench.instructions("count", consumer, small, out_dir)
+            many = bench.instructions("count", consumer, large, out_dir)
+            return {
+                "instructions_per_message": (many["instructions"] - few["instructions"]) / (large - small),
+                "requests_per_message": (many["requests"] - few["requests"]) / (large - small),
+            }
+
+        results = {}
+        interleaved(bench, "instructions", counted, runs, per_message, failures, results)
+        report["instructions"] = results
 
     if "50ms" in wanted:
         slots = [8] if a.smoke else [1, 8, 64, 512]
