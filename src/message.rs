@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, SystemTime};
 
 /// The value of a message attribute, by SQS data type.
@@ -115,6 +115,13 @@ impl SnsNotification {
     }
 }
 
+/// The message attribute map of every message that has none (most): shared, so that such a
+/// message costs no allocation for it. Adding to it copies it first (`Arc::make_mut`).
+pub(crate) fn no_attributes() -> Arc<HashMap<String, MessageAttribute>> {
+    static EMPTY: LazyLock<Arc<HashMap<String, MessageAttribute>>> = LazyLock::new(Arc::default);
+    EMPTY.clone()
+}
+
 /// One received message.
 ///
 /// The receipt handle stays inside the runtime: handlers answer with an
@@ -164,15 +171,20 @@ impl Message {
     /// A message with `id` and `body`, as if received for the first time: for unit tests of
     /// handlers. Add attributes with [`with_attribute`](Self::with_attribute).
     pub fn new(id: impl Into<String>, body: impl Into<String>) -> Self {
-        Self::shared(id.into().into(), body.into().into(), Arc::default())
+        let (id, body) = (id.into().into(), body.into().into());
+        Self::shared(id, body, no_attributes(), tokio::time::Instant::now(), Some(SystemTime::now()))
     }
 
     /// A message from its id, body and message attributes, taken as they are (shared with
-    /// the memory queue's stored copy; moved from an SQS answer), as if received once.
+    /// the memory queue's stored copy; moved from an SQS answer), as if received once, at
+    /// `received_at`. The clock is the caller's to read: a receive reads it once for all its
+    /// messages.
     pub(crate) fn shared(
         id: Arc<str>,
         body: Arc<str>,
         message_attributes: Arc<HashMap<String, MessageAttribute>>,
+        received_at: tokio::time::Instant,
+        sent_timestamp: Option<SystemTime>,
     ) -> Self {
         Self {
             id,
@@ -180,13 +192,13 @@ impl Message {
             attributes: SystemAttributes::default(),
             message_attributes,
             receive_count: 1,
-            sent_timestamp: Some(SystemTime::now()),
+            sent_timestamp,
             group_id: None,
             raw_body: None,
             sns: None,
             queue_attributes: None,
             receipt_handle: Arc::default(),
-            received_at: tokio::time::Instant::now(),
+            received_at,
         }
     }
 

@@ -50,10 +50,15 @@ impl Stored {
     /// The message a handler sees for this stored one, as last delivered (never delivered:
     /// as if delivered once), without its receipt. Its system attribute map is built only
     /// when asked for.
-    fn to_message(&self, fifo: bool) -> Message {
-        let mut message = Message::shared(self.id.clone(), self.body.clone(), self.attributes.clone());
+    fn to_message(&self, fifo: bool, received_at: Instant) -> Message {
+        let mut message = Message::shared(
+            self.id.clone(),
+            self.body.clone(),
+            self.attributes.clone(),
+            received_at,
+            Some(self.sent_at),
+        );
         message.receive_count = self.receive_count.max(1);
-        message.sent_timestamp = Some(self.sent_at);
         message.group_id = self.group_id.clone();
         message.complete_memory_delivery(MemoryDelivery {
             first_received: self.first_received,
@@ -291,7 +296,8 @@ impl MemoryQueue {
     /// received). For tests that check what a worker left behind, e.g. in a dead-letter
     /// queue.
     pub fn messages(&self) -> Vec<Message> {
-        self.state().messages.values().map(|m| m.to_message(self.inner.fifo)).collect()
+        let now = Instant::now();
+        self.state().messages.values().map(|m| m.to_message(self.inner.fifo, now)).collect()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -425,9 +431,8 @@ impl MemoryQueue {
             m.receipt = Some((receipt.clone(), now));
             m.visible_at = now + visibility;
             m.first_received.get_or_insert_with(SystemTime::now);
-            let mut message = m.to_message(self.inner.fifo);
+            let mut message = m.to_message(self.inner.fifo, now);
             message.receipt_handle = receipt;
-            message.received_at = now;
             out.push(message);
         }
         if start > 0 {

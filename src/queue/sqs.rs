@@ -12,7 +12,7 @@ use aws_sdk_sqs::types::{
 };
 
 use super::{BatchEntry, BatchFailure, OutgoingMessage, QueueBackend, QueueError, ReceiveRequest};
-use crate::message::SystemAttributes;
+use crate::message::{SystemAttributes, no_attributes};
 use crate::{Message, MessageAttribute};
 
 /// Error codes that retrying cannot heal.
@@ -86,19 +86,21 @@ fn seconds(d: std::time::Duration) -> i32 {
 }
 
 fn convert(m: aws_sdk_sqs::types::Message, received_at: tokio::time::Instant) -> Option<Message> {
-    let message_attributes = m
-        .message_attributes
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(name, v)| {
-            let bytes = v.binary_value.map(Blob::into_inner);
-            MessageAttribute::with_type(v.data_type, v.string_value, bytes).map(|a| (name, a))
-        })
-        .collect();
+    let message_attributes = match m.message_attributes {
+        Some(sent) if !sent.is_empty() => Arc::new(
+            sent.into_iter()
+                .filter_map(|(name, v)| {
+                    let bytes = v.binary_value.map(Blob::into_inner);
+                    MessageAttribute::with_type(v.data_type, v.string_value, bytes).map(|a| (name, a))
+                })
+                .collect(),
+        ),
+        _ => no_attributes(),
+    };
     let body = m.body.unwrap_or_default();
-    let mut message = Message::shared(m.message_id?.into(), body.into(), Arc::new(message_attributes));
+    // The sent time, the receive count and the group come from the system attributes below.
+    let mut message = Message::shared(m.message_id?.into(), body.into(), message_attributes, received_at, None);
     message.receipt_handle = m.receipt_handle?.into();
-    message.received_at = received_at;
     message.attributes = SystemAttributes::sent(m.attributes.unwrap_or_default());
     message.derive_system_fields();
     Some(message)
