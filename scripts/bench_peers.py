@@ -98,10 +98,12 @@ class Bench:
         argv = ["node", "sqs_consumer.mjs", url, mode, str(slots), str(handler_ms)]
         return argv, env, self.node_dir
 
-    def start(self, consumer, url, handler_ms, extra_env=None):
+    def start(self, consumer, url, handler_ms, extra_env=None, wrapper=()):
+        """Starts CONSUMER on URL, its command run by WRAPPER (e.g. valgrind) if given."""
         argv, env, cwd = self.command(consumer, url, handler_ms)
         env.update(extra_env or {})
-        return subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen([*wrapper, *argv], env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
 
     def wait_first_receive(self, process, base):
         deadline = time.monotonic() + START_LIMIT_S
@@ -156,14 +158,11 @@ class Bench:
         two drains of different sizes is the cost of the messages between them, without the
         start-up and the exit."""
         name, url = self.preload(label, messages)
-        argv, env, cwd = self.command(consumer, url, 0)
-        # No wait for the long poll in flight at the SIGTERM: the queue is empty by then.
-        env["HOLDFAST_SHUTDOWN_RECEIVE"] = "abandon"
         out = os.path.join(out_dir, f"{name}.callgrind")
-        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + argv
         base = self.stats()
-        process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True)
+        # No wait for the long poll in flight at the SIGTERM: the queue is empty by then.
+        process = self.start(consumer, url, 0, {"HOLDFAST_SHUTDOWN_RECEIVE": "abandon"},
+                             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
         try:
             self.wait_first_receive(process, base)
             s = self.wait_drained(process, name, messages, 10 * DRAIN_LIMIT_S)
@@ -176,7 +175,7 @@ class Bench:
             stop(process)
         with open(out) as f:
             total = next(int(line.split()[1]) for line in f if line.startswith("summary:"))
-        return {"instructions": total, "requests": s["total"] - base["total"], "file": out}
+        return {"instructions": total, "requests": s["total"] - base["total"]}
 
     def in_flight_rss(self, label, consumer, messages):
         """Peak RSS once MESSAGES messages are all in flight in long handlers."""
