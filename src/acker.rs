@@ -470,6 +470,7 @@ mod tests {
                 wait_time: Duration::ZERO,
                 visibility_timeout: Duration::from_secs(30),
                 attempt_id: None,
+                system_attributes: crate::queue::SystemAttributeNames::ALL,
             };
             out.extend(queue.receive(&request).await.unwrap());
         }

@@ -228,6 +228,11 @@ pub struct Config {
     /// steps aside: it takes no new messages, finishes what runs within the drain timeout,
     /// releases protection and waits idle for ECS to stop it. Default: off.
     pub deployment_check: Option<Duration>,
+    /// `HOLDFAST_SYSTEM_ATTRIBUTES`: SQS system attributes each receive asks for beyond those
+    /// the worker reads itself (`ApproximateReceiveCount`, `SentTimestamp`, `MessageGroupId`,
+    /// `AWSTraceHeader`), as SQS names them, or `All` (default: none beyond those). Only
+    /// these reach [`Message::attributes`](crate::Message::attributes).
+    pub system_attributes: Vec<String>,
 }
 
 impl Default for Config {
@@ -264,6 +269,7 @@ impl Default for Config {
             health_file: None,
             health_threshold: DEFAULT_HEALTH_THRESHOLD,
             deployment_check: None,
+            system_attributes: Vec::new(),
         }
     }
 }
@@ -340,6 +346,7 @@ pub const VARIABLES: &[&str] = &[
     "HOLDFAST_HEALTH_FILE",
     "HOLDFAST_HEALTH_THRESHOLD",
     "HOLDFAST_DEPLOYMENT_CHECK",
+    "HOLDFAST_SYSTEM_ATTRIBUTES",
 ];
 
 /// Time kept between the end of the drain and ECS's SIGKILL: flushing acknowledgements and
@@ -604,7 +611,32 @@ impl Config {
                 }
             };
         }
+        if let Some(v) = get("HOLDFAST_SYSTEM_ATTRIBUTES") {
+            config.system_attributes =
+                v.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned).collect();
+            config.system_attribute_names()?;
+        }
         Ok(config)
+    }
+
+    /// The system attributes a receive asks for: what the worker reads and
+    /// `system_attributes`.
+    ///
+    /// # Errors
+    ///
+    /// A name SQS does not know, as a [`ConfigError`] of `HOLDFAST_SYSTEM_ATTRIBUTES`.
+    pub(crate) fn system_attribute_names(&self) -> Result<crate::queue::SystemAttributeNames, ConfigError> {
+        use crate::queue::SystemAttributeNames;
+        SystemAttributeNames::with(self.system_attributes.iter().map(String::as_str)).map_err(|_| {
+            ConfigError::new(
+                "HOLDFAST_SYSTEM_ATTRIBUTES",
+                Some(&self.system_attributes.join(",")),
+                format!(
+                    "All, or a comma-separated list of SQS system attribute names: {}",
+                    SystemAttributeNames::KNOWN.join(", ")
+                ),
+            )
+        })
     }
 }
 
@@ -726,6 +758,21 @@ mod tests {
         assert_eq!(c.drain_timeout, Duration::from_secs(25));
         assert_eq!(c.handler_timeout, None);
         assert_eq!(c.log_format, LogFormat::Text);
+        assert!(c.system_attributes.is_empty());
+    }
+
+    #[test]
+    fn system_attributes_add_to_what_the_worker_reads() {
+        use crate::queue::SystemAttributeNames;
+        let names = |c: &Config| c.system_attribute_names().unwrap().names().collect::<Vec<_>>();
+        let needed = ["ApproximateReceiveCount", "SentTimestamp", "MessageGroupId", "AWSTraceHeader"];
+        assert_eq!(names(&parse(&[URL]).unwrap()), needed);
+        let c = parse(&[URL, ("HOLDFAST_SYSTEM_ATTRIBUTES", " SenderId, SequenceNumber ")]).unwrap();
+        assert_eq!(c.system_attributes, ["SenderId", "SequenceNumber"]);
+        assert_eq!(names(&c), [&needed[..], &["SenderId", "SequenceNumber"]].concat());
+        let all = parse(&[URL, ("HOLDFAST_SYSTEM_ATTRIBUTES", "All")]).unwrap();
+        assert_eq!(all.system_attribute_names().unwrap(), SystemAttributeNames::ALL);
+        assert_eq!(names(&all).len(), SystemAttributeNames::KNOWN.len());
     }
 
     #[test]
@@ -830,6 +877,7 @@ mod tests {
             ("HOLDFAST_DEPLOYMENT_CHECK", "soon", "off, or a duration"),
             ("HOLDFAST_DEPLOYMENT_CHECK", "2h", "from 100ms to 1h"),
             ("HOLDFAST_DEPLOYMENT_CHECK", "60s", "ECS_CONTAINER_METADATA_URI_V4"),
+            ("HOLDFAST_SYSTEM_ATTRIBUTES", "SenderId,ReceiveCount", "ApproximateFirstReceiveTimestamp, SenderId"),
         ];
         for (variable, value, hint) in cases {
             let mut pairs = vec![URL];

@@ -369,6 +369,7 @@ mod tests {
             wait_time: Duration::ZERO,
             visibility_timeout: visibility,
             attempt_id: None,
+            system_attributes: crate::queue::SystemAttributeNames::ALL,
         };
         queue.receive(&request).await.unwrap().pop().unwrap()
     }

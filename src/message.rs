@@ -298,6 +298,8 @@ impl Message {
         if let Some(dedup) = &delivery.dedup_id {
             map.insert("MessageDeduplicationId".to_owned(), dedup.to_string());
         }
+        // As SQS would: only what the receive asked for.
+        map.retain(|name, _| delivery.names.contains(name));
         map
     }
 
@@ -390,12 +392,14 @@ impl SystemAttributes {
 }
 
 /// What a memory-queue delivery carries beyond the typed fields of [`Message`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct MemoryDelivery {
     pub(crate) first_received: Option<SystemTime>,
     /// FIFO: the message's sequence number and the deduplication id its sender gave.
     pub(crate) sequence: Option<u64>,
     pub(crate) dedup_id: Option<Arc<str>>,
+    /// The system attributes the receive asked for: the map has only these.
+    pub(crate) names: crate::queue::SystemAttributeNames,
 }
 
 /// An SNS notification as SNS writes it into a subscribed SQS queue.

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::Error;
 use crate::backoff::{EMPTY_PAUSE_MAX, empty_receive_pause, receive_backoff};
 use crate::dispatch::Dispatcher;
-use crate::queue::{Queue, QueueError, ReceiveRequest};
+use crate::queue::{Queue, QueueError, ReceiveRequest, SystemAttributeNames};
 
 pub(crate) struct Poller {
     pub(crate) queue: Queue,
@@ -35,6 +35,8 @@ pub(crate) struct Poller {
     pub(crate) activity: Arc<Activity>,
     /// How long a receive in flight at shutdown may take to finish (zero: dropped at once).
     pub(crate) shutdown_receive: Duration,
+    /// The system attributes each receive asks for.
+    pub(crate) system_attributes: SystemAttributeNames,
 }
 
 /// The time of the last receive that returned messages, and the receives in flight.
@@ -127,6 +129,7 @@ impl Poller {
                         wait_time: self.wait_time,
                         visibility_timeout: self.visibility_timeout,
                         attempt_id,
+                        system_attributes: self.system_attributes,
                     };
                     (request, permits)
                 }
@@ -381,6 +384,7 @@ mod tests {
                 receives: Arc::new(Semaphore::new(crate::Config::default().receive_concurrency)),
                 activity: Arc::new(Activity::new()),
                 shutdown_receive: Duration::from_secs(25),
+                system_attributes: SystemAttributeNames::NEEDED,
             };
             (Rig { dispatcher, tracker, acker_task, handled }, poller)
         }

@@ -424,6 +424,7 @@ impl Worker {
             // and, on an idle queue, a long poll billed every wait time.
             let receives = Arc::new(tokio::sync::Semaphore::new(config.receive_concurrency));
             let gathering = Arc::new(tokio::sync::Mutex::new(()));
+            let system_attributes = config.system_attribute_names()?;
             for index in 0..count {
                 let batch_target = share / count + usize::from(index < share % count);
                 let poller = Poller {
@@ -440,6 +441,7 @@ impl Worker {
                     receives: receives.clone(),
                     activity: activity.clone(),
                     shutdown_receive: config.shutdown_receive.limit(config.drain_timeout),
+                    system_attributes,
                 };
                 pollers.push(poller);
             }

@@ -366,6 +366,45 @@ async fn a_timed_out_handler_is_told_before_it_is_dropped(backend: Backend) {
     assert_eq!((summary.failed, summary.succeeded, summary.deleted), (1, 1, 1));
 }
 
+/// A receive asks for the system attributes the worker reads (the receive count, the sent
+/// time, the group, the trace header), not every one SQS has; `HOLDFAST_SYSTEM_ATTRIBUTES`
+/// asks for more, and handlers see what was asked for.
+async fn handlers_see_the_system_attributes_asked_for(backend: Backend) {
+    let q = TestQueue::new(backend, "attributes", Options::default()).await;
+    let handle = |extra: Vec<String>, body: &'static str| {
+        let q = &q;
+        async move {
+            q.send(body).await;
+            let names = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let seen = names.clone();
+            let mut config = q.config();
+            config.system_attributes = extra;
+            let worker = Worker::new(config).queue(q.queue.clone()).handler(handler_fn(move |msg, _ctx| {
+                let seen = seen.clone();
+                async move {
+                    let mut keys: Vec<String> = msg.attributes().keys().cloned().collect();
+                    keys.sort();
+                    seen.lock().unwrap().push(keys);
+                    Ok::<_, BoxError>(Outcome::Ack)
+                }
+            }));
+            let (run, stop) = start(worker);
+            assert!(eventually(Duration::from_secs(15), || async { !names.lock().unwrap().is_empty() }).await);
+            stop.notify_one();
+            assert_eq!(run.await.unwrap().unwrap().deleted, 1);
+            let names = names.lock().unwrap().clone();
+            names.into_iter().next().unwrap()
+        }
+    };
+    let default = handle(Vec::new(), "default").await;
+    assert_eq!(default, ["ApproximateReceiveCount", "SentTimestamp"], "a standard queue's message, by default");
+    let first_receive = vec!["ApproximateFirstReceiveTimestamp".to_owned()];
+    let more = handle(first_receive, "more").await;
+    assert_eq!(more, ["ApproximateFirstReceiveTimestamp", "ApproximateReceiveCount", "SentTimestamp"]);
+    let all = handle(vec!["All".to_owned()], "all").await;
+    assert!(all.len() >= 3 && all.iter().any(|n| n == "ApproximateFirstReceiveTimestamp"), "All: {all:?}");
+}
+
 on_both_backends!(
     acknowledges_in_batches,
     a_failure_comes_back_after_the_backoff,
@@ -380,6 +419,7 @@ on_both_backends!(
     retry_outcome_sets_the_visibility,
     handlers_see_the_drain_deadline_through_their_token,
     a_timed_out_handler_is_told_before_it_is_dropped,
+    handlers_see_the_system_attributes_asked_for,
 );
 
 /// A queue that does not exist stops the worker with an error that says what to fix.

@@ -221,6 +221,13 @@ fn cases_for(variable: &str) -> Vec<(&'static str, String, Expect)> {
             c.push(("off", "off".to_owned(), Accepted));
             c
         }
+        "HOLDFAST_SYSTEM_ATTRIBUTES" => vec![
+            ("garbage", "lots".to_owned(), Refused),
+            ("typo", "SenderID".to_owned(), Refused),
+            ("one unknown in a list", "SenderId,ReceiveCount".to_owned(), Refused),
+            ("in range", "SenderId, SequenceNumber".to_owned(), Accepted),
+            ("all", "All".to_owned(), Accepted),
+        ],
         other => panic!("{other} is in holdfast::VARIABLES but has no row in this table: add one"),
     }
 }

@@ -9,7 +9,10 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{BATCH_MAX, BatchEntry, BatchFailure, OutgoingMessage, QueueBackend, QueueError, ReceiveRequest};
+use super::{
+    BATCH_MAX, BatchEntry, BatchFailure, OutgoingMessage, QueueBackend, QueueError, ReceiveRequest,
+    SystemAttributeNames,
+};
 use crate::Message;
 use crate::config::MAX_VISIBILITY;
 use crate::message::MemoryDelivery;
@@ -50,7 +53,7 @@ impl Stored {
     /// The message a handler sees for this stored one, as last delivered (never delivered:
     /// as if delivered once), without its receipt. Its system attribute map is built only
     /// when asked for.
-    fn to_message(&self, fifo: bool, received_at: Instant) -> Message {
+    fn to_message(&self, fifo: bool, received_at: Instant, names: SystemAttributeNames) -> Message {
         let mut message = Message::shared(
             self.id.clone(),
             self.body.clone(),
@@ -64,6 +67,7 @@ impl Stored {
             first_received: self.first_received,
             sequence: fifo.then_some(self.seq),
             dedup_id: if fifo { self.dedup_id.clone() } else { None },
+            names,
         });
         message
     }
@@ -297,7 +301,7 @@ impl MemoryQueue {
     /// queue.
     pub fn messages(&self) -> Vec<Message> {
         let now = Instant::now();
-        self.state().messages.values().map(|m| m.to_message(self.inner.fifo, now)).collect()
+        self.state().messages.values().map(|m| m.to_message(self.inner.fifo, now, SystemAttributeNames::ALL)).collect()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -431,7 +435,7 @@ impl MemoryQueue {
             m.receipt = Some((receipt.clone(), now));
             m.visible_at = now + visibility;
             m.first_received.get_or_insert_with(SystemTime::now);
-            let mut message = m.to_message(self.inner.fifo, now);
+            let mut message = m.to_message(self.inner.fifo, now, request.system_attributes);
             message.receipt_handle = receipt;
             out.push(message);
         }
@@ -661,6 +665,7 @@ mod tests {
             wait_time: Duration::from_secs(wait_s),
             visibility_timeout: Duration::from_secs(30),
             attempt_id: None,
+            system_attributes: crate::queue::SystemAttributeNames::ALL,
         }
     }
 

@@ -30,6 +30,56 @@ pub(crate) struct ReceiveRequest {
     pub(crate) visibility_timeout: Duration,
     /// FIFO: the same id on a retried receive returns the same messages.
     pub(crate) attempt_id: Option<String>,
+    /// The system attributes asked for.
+    pub(crate) system_attributes: SystemAttributeNames,
+}
+
+/// A set of the message system attributes SQS knows, as a receive asks for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SystemAttributeNames(u16);
+
+impl SystemAttributeNames {
+    /// The names SQS accepts in a receive's `MessageSystemAttributeNames` (besides `All`).
+    pub(crate) const KNOWN: [&'static str; 9] = [
+        "ApproximateReceiveCount",
+        "SentTimestamp",
+        "MessageGroupId",
+        "AWSTraceHeader",
+        "ApproximateFirstReceiveTimestamp",
+        "SenderId",
+        "MessageDeduplicationId",
+        "SequenceNumber",
+        "DeadLetterQueueSourceArn",
+    ];
+    /// Every one (`All`).
+    pub(crate) const ALL: Self = Self((1 << Self::KNOWN.len()) - 1);
+    /// What the worker reads itself: the receive count (backoff, dead-lettering), the sent
+    /// time (message age), the group (FIFO order) and the X-Ray trace header.
+    pub(crate) const NEEDED: Self = Self(0b1111);
+
+    /// The needed ones and `extra` (names as SQS spells them, or `All`); an unknown name is
+    /// returned as the error.
+    pub(crate) fn with<'a>(extra: impl IntoIterator<Item = &'a str>) -> Result<Self, &'a str> {
+        let mut set = Self::NEEDED;
+        for name in extra {
+            if name == "All" {
+                set = Self::ALL;
+                continue;
+            }
+            let Some(bit) = Self::KNOWN.iter().position(|k| *k == name) else { return Err(name) };
+            set.0 |= 1 << bit;
+        }
+        Ok(set)
+    }
+
+    pub(crate) fn contains(self, name: &str) -> bool {
+        Self::KNOWN.iter().position(|k| *k == name).is_some_and(|bit| self.0 & (1 << bit) != 0)
+    }
+
+    /// The names in the set, in `KNOWN`'s order.
+    pub(crate) fn names(self) -> impl Iterator<Item = &'static str> {
+        Self::KNOWN.into_iter().enumerate().filter(move |(bit, _)| self.0 & (1 << bit) != 0).map(|(_, n)| n)
+    }
 }
 
 /// One entry of a batch call. `id` is the batch entry id (`[A-Za-z0-9_-]{1,80}`, unique in

@@ -11,7 +11,9 @@ use aws_sdk_sqs::types::{
     MessageAttributeValue, MessageSystemAttributeName,
 };
 
-use super::{BatchEntry, BatchFailure, OutgoingMessage, QueueBackend, QueueError, ReceiveRequest};
+use super::{
+    BatchEntry, BatchFailure, OutgoingMessage, QueueBackend, QueueError, ReceiveRequest, SystemAttributeNames,
+};
 use crate::message::{SystemAttributes, no_attributes};
 use crate::{Message, MessageAttribute};
 
@@ -106,6 +108,14 @@ fn convert(m: aws_sdk_sqs::types::Message, received_at: tokio::time::Instant) ->
     Some(message)
 }
 
+/// The names a receive sends: `All` for every one, else each name.
+fn system_attribute_names(set: SystemAttributeNames) -> Vec<MessageSystemAttributeName> {
+    if set == SystemAttributeNames::ALL {
+        return vec![MessageSystemAttributeName::All];
+    }
+    set.names().map(MessageSystemAttributeName::from).collect()
+}
+
 fn attribute_value(a: &MessageAttribute) -> Result<MessageAttributeValue, QueueError> {
     let builder = MessageAttributeValue::builder().data_type(a.data_type());
     let builder = match (a.as_str(), a.as_bytes()) {
@@ -126,7 +136,7 @@ impl QueueBackend for SqsBackend {
             .max_number_of_messages(i32::try_from(request.max_messages).unwrap_or(10))
             .wait_time_seconds(seconds(request.wait_time))
             .visibility_timeout(seconds(request.visibility_timeout))
-            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .set_message_system_attribute_names(Some(system_attribute_names(request.system_attributes)))
             .message_attribute_names("All")
             .set_receive_request_attempt_id(request.attempt_id.clone())
             .send()

@@ -174,6 +174,7 @@ impl MemoryQueue {
             // Zero asks the queue for its own timeout; an explicit zero is applied below.
             visibility_timeout: visibility.unwrap_or(Duration::ZERO),
             attempt_id: options.attempt_id.clone(),
+            system_attributes: crate::queue::SystemAttributeNames::ALL,
         };
         let messages = QueueBackend::receive(self, &request).await?;
         if visibility == Some(Duration::ZERO) && !messages.is_empty() {
