@@ -287,13 +287,16 @@ impl Worker {
     /// # Errors
     ///
     /// [`Error::Incomplete`] without a handler or queue, or for a topic route whose name
-    /// `COPILOT_TOPIC_QUEUE_URIS` does not hold; [`Error::Queue`] when a queue fails in a way
+    /// `COPILOT_TOPIC_QUEUE_URIS` does not hold; [`Error::Config`] for a
+    /// `system_attributes` name SQS does not know; [`Error::Queue`] when a queue fails in a way
     /// retrying cannot heal (it does not exist, access is denied), after the same orderly
     /// shutdown.
     pub async fn run_until<F>(self, shutdown: F) -> Result<Summary, Error>
     where
         F: Future<Output = ()> + Send,
     {
+        // A name SQS does not know would fail every receive: refused before anything starts.
+        let system_attributes = self.config.system_attribute_names()?;
         let config = Arc::new(self.config);
         let mut opener = Opener::default();
         let mut routes = Vec::new();
@@ -424,7 +427,6 @@ impl Worker {
             // and, on an idle queue, a long poll billed every wait time.
             let receives = Arc::new(tokio::sync::Semaphore::new(config.receive_concurrency));
             let gathering = Arc::new(tokio::sync::Mutex::new(()));
-            let system_attributes = config.system_attribute_names()?;
             for index in 0..count {
                 let batch_target = share / count + usize::from(index < share % count);
                 let poller = Poller {

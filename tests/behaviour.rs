@@ -437,6 +437,26 @@ async fn a_missing_queue_stops_the_worker_with_a_fix() {
     assert!(text.contains("does not exist") && text.contains("HOLDFAST_QUEUE_URL"), "{text}");
 }
 
+/// A system attribute name SQS does not know, set in code, stops the worker before it starts,
+/// naming the variable and the names accepted; the message stays on the queue.
+#[tokio::test]
+async fn an_unknown_system_attribute_stops_the_worker_before_it_starts() {
+    let queue = holdfast::MemoryQueue::new("names");
+    queue.send_message(&holdfast::OutgoingMessage::new("job")).unwrap();
+    let mut config = holdfast::Config::default();
+    config.system_attributes = vec!["SenderId".into(), "ReceiveCount".into()];
+    let worker = Worker::new(config)
+        .queue(holdfast::Queue::memory(&queue))
+        .handler(handler_fn(|_m, _c| async { Ok::<_, BoxError>(Outcome::Ack) }));
+    let err = tokio::time::timeout(Duration::from_secs(10), worker.run_until(std::future::pending()))
+        .await
+        .expect("the worker must stop on its own")
+        .expect_err("an unknown name is an error");
+    let text = err.to_string();
+    assert!(text.contains("HOLDFAST_SYSTEM_ATTRIBUTES") && text.contains("SequenceNumber"), "{text}");
+    assert_eq!(queue.counts().visible, 1, "nothing was received");
+}
+
 /// With a backlog and handlers that all take the same time, every slot is refilled the moment
 /// it frees: the pollers' batches add up to the concurrency and they gather slots in turn, so
 /// none of them takes another's share or waits out the batch window for a slot that another
