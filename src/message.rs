@@ -250,8 +250,11 @@ impl Message {
             .map_err(|error| crate::DecodeError::new(&self.id, std::any::type_name::<T>(), &error))
     }
 
-    /// SQS system attributes (`SentTimestamp`, `ApproximateReceiveCount`,
-    /// `ApproximateFirstReceiveTimestamp`, `SenderId`, `MessageGroupId`, …), as SQS names them.
+    /// SQS system attributes, as SQS names them: those the worker reads
+    /// (`ApproximateReceiveCount`, `SentTimestamp`, and `MessageGroupId` and `AWSTraceHeader`
+    /// when the message has them) and those [`Config::system_attributes`](crate::Config::system_attributes)
+    /// (`HOLDFAST_SYSTEM_ATTRIBUTES`) asks for, such as `ApproximateFirstReceiveTimestamp`,
+    /// `SenderId` or `SequenceNumber`.
     pub fn attributes(&self) -> &HashMap<String, String> {
         self.attributes.map.get_or_init(|| match &self.attributes.sent {
             Some(sent) => Arc::new(sent.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()),
