@@ -368,24 +368,10 @@ pub(crate) struct SystemAttributes {
 /// System attribute names and values as SQS sent them.
 type SentPairs = Arc<[(Cow<'static, str>, String)]>;
 
-/// The system attributes SQS documents, so that a received name need not be copied.
-const SYSTEM_ATTRIBUTE_NAMES: [&str; 10] = [
-    "ApproximateReceiveCount",
-    "ApproximateFirstReceiveTimestamp",
-    "SentTimestamp",
-    "SenderId",
-    "AWSTraceHeader",
-    "MessageGroupId",
-    "MessageDeduplicationId",
-    "SequenceNumber",
-    "DeadLetterQueueSourceArn",
-    "SqsManagedSseEnabled",
-];
-
 impl SystemAttributes {
-    /// The pairs SQS sent.
+    /// The pairs SQS sent; a name SQS documents is not copied.
     pub(crate) fn sent<K: AsRef<str>>(pairs: impl IntoIterator<Item = (K, String)>) -> Self {
-        let name = |k: &str| match SYSTEM_ATTRIBUTE_NAMES.iter().find(|n| **n == k) {
+        let name = |k: &str| match crate::queue::SystemAttributeNames::KNOWN.iter().find(|n| **n == k) {
             Some(known) => Cow::Borrowed(*known),
             None => Cow::Owned(k.to_owned()),
         };
